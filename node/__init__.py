@@ -1,0 +1,1 @@
+"""Storage node: shard files, records and the node RPC server."""
