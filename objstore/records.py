@@ -58,10 +58,11 @@ class PartRef:
     blob: str
     checksums: list[int] = field(default_factory=list)  # xxh3_64 of each block of *this node's* shard
     inline: bytes | None = None  # this node's shard bytes, for small objects
+    present: bool = True  # False: this node lacks this part's shard (it sits on a handoff until repair moves it)
 
     def to_wire(self) -> dict[str, Any]:
         return {"n": self.number, "size": self.size, "etag": self.etag, "blob": self.blob,
-                "sums": self.checksums, "inline": self.inline}
+                "sums": self.checksums, "inline": self.inline, "p": self.present}
 
     @classmethod
     def from_wire(cls, d: Any) -> PartRef:
@@ -72,7 +73,7 @@ class PartRef:
         _check(all(isinstance(s, int) and 0 <= s < 2**64 for s in sums), "part checksums must be u64")
         return cls(number=_field(d, "n", int, "part"), size=_field(d, "size", int, "part"),
                    etag=_field(d, "etag", str, "part"), blob=_field(d, "blob", str, "part"),
-                   checksums=list(sums), inline=inline)
+                   checksums=list(sums), inline=inline, present=_field(d, "p", bool, "part"))
 
 
 @dataclass
