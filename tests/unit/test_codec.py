@@ -128,9 +128,11 @@ def test_a_flipped_bit_is_caught_by_the_block_checksum(block: bytes, data: st.Da
 @given(objects(), st.data())
 def test_shard_checksums_point_at_the_damaged_block(obj: tuple[ECProfile, bytes], data: st.DataObject) -> None:
     ec, payload = obj
-    shard = cut_shards(payload, ec)[data.draw(st.integers(0, ec.width - 1))]
+    index = data.draw(st.integers(0, ec.width - 1))
+    shard = cut_shards(payload, ec)[index]
     sums = shard_checksums(shard, ec.block_size)
-    assert len(sums) == stripe_count(len(payload), ec)
+    # Checksum j covers exactly the block of stripe j.
+    assert sums == [block_checksum(b[index]) for b in stripe_blocks({index: shard}, len(payload), ec)]
     if not shard:
         return
     bit = data.draw(st.integers(0, len(shard) * 8 - 1))
@@ -153,9 +155,16 @@ def model_stripes(size: int, ec: ECProfile) -> list[tuple[int, int, int]]:
     return stripes
 
 
-@settings(max_examples=300, deadline=None)
-@given(profiles(), st.integers(0, 50_000), st.data())
-def test_layout_arithmetic_matches_a_brute_force_model(ec: ECProfile, size: int, data: st.DataObject) -> None:
+def near_stripe_edges(ec: ECProfile, low: int, high: int) -> st.SearchStrategy[int]:
+    """Integers in [low, high], half of them within one byte of a stripe boundary."""
+    edges = st.builds(lambda n, d: n * ec.stripe_size + d, st.integers(0, 8), st.integers(-1, 1))
+    return st.one_of(edges.filter(lambda x: low <= x <= high), st.integers(low, high))
+
+
+@settings(max_examples=400, deadline=None)
+@given(profiles(), st.data())
+def test_layout_arithmetic_matches_a_brute_force_model(ec: ECProfile, data: st.DataObject) -> None:
+    size = data.draw(near_stripe_edges(ec, 0, 8 * ec.stripe_size + 1))
     model = model_stripes(size, ec)
     assert stripe_count(size, ec) == len(model)
     assert shard_size(size, ec) == sum(blen for _, _, blen in model)
@@ -166,8 +175,8 @@ def test_layout_arithmetic_matches_a_brute_force_model(ec: ECProfile, size: int,
         with pytest.raises(ValueError):
             range_to_stripes(0, 1, size, ec)
         return
-    offset = data.draw(st.integers(0, size - 1))
-    length = data.draw(st.integers(1, size - offset))
+    offset = data.draw(near_stripe_edges(ec, 0, size - 1))
+    length = data.draw(near_stripe_edges(ec, offset + 1, size)) - offset
     touched = [s for s, (start, payload, _) in enumerate(model) if start < offset + length and offset < start + payload]
     first, last = range_to_stripes(offset, length, size, ec)
     assert (first, last) == (touched[0], touched[-1])
