@@ -28,7 +28,9 @@ def _unpack_map(data: bytes, kind: str) -> dict[str, Any]:
         raise RecordError(f"{kind} record is not valid msgpack ({type(e).__name__}: {e})") from None
     _check(isinstance(obj, dict), f"{kind} record is not a map")
     v = obj.get("v")
-    _check(v == SCHEMA_VERSION, f"{kind} record has schema version {v!r}; this build reads {SCHEMA_VERSION}")
+    # type(v) is int: True and 1.0 compare equal to 1 but are not a schema version this code wrote.
+    _check(type(v) is int and v == SCHEMA_VERSION,
+           f"{kind} record has schema version {v!r}; this build reads {SCHEMA_VERSION}")
     _check(obj.get("t") == kind, f"record kind is {obj.get('t')!r}, expected {kind!r}")
     return obj
 
@@ -70,7 +72,7 @@ class PartRef:
         inline = d.get("inline")
         _check(inline is None or isinstance(inline, bytes), "part inline must be bytes or nil")
         sums = _field(d, "sums", list, "part")
-        _check(all(isinstance(s, int) and 0 <= s < 2**64 for s in sums), "part checksums must be u64")
+        _check(all(type(s) is int and 0 <= s < 2**64 for s in sums), "part checksums must be u64")
         return cls(number=_field(d, "n", int, "part"), size=_field(d, "size", int, "part"),
                    etag=_field(d, "etag", str, "part"), blob=_field(d, "blob", str, "part"),
                    checksums=list(sums), inline=inline, present=_field(d, "p", bool, "part"))
@@ -119,7 +121,7 @@ class ObjectRecord:
         d = _unpack_map(data, cls.KIND)
         k = cls.KIND
         ec = _field(d, "ec", list, k)
-        _check(len(ec) == 3 and all(isinstance(x, int) for x in ec), "object record ec must be [k, m, block_size]")
+        _check(len(ec) == 3 and all(type(x) is int for x in ec), "object record ec must be [k, m, block_size]")
         try:
             profile = ECProfile(*ec)
         except ValueError as e:
