@@ -83,6 +83,7 @@ ERRORS: dict[str, ErrorSpec] = {
     "InvalidObjectState": ErrorSpec(403, "The operation is not valid for the current state of the object."),
     "MetadataTooLarge": ErrorSpec(400, "Your metadata headers exceed the maximum allowed metadata size."),
     "InvalidTag": ErrorSpec(400, "The tag provided was not a valid tag."),
+    "InvalidPartNumber": ErrorSpec(416, "The requested partnumber is not satisfiable"),
     "InvalidRange": ErrorSpec(416, "The requested range is not satisfiable"),
     "PreconditionFailed": ErrorSpec(412, "At least one of the pre-conditions you specified did not hold"),
     "NotModified": ErrorSpec(304, "Not Modified"),

@@ -1,0 +1,115 @@
+"""S3 bucket operations: ListBuckets, Create/Head/Delete bucket, location, versioning, ACL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from gateway.errors import S3Error
+from gateway.server import Gateway, S3Request
+from gateway.xmlio import parse_create_bucket, parse_versioning_configuration, render
+
+UNSUPPORTED_BUCKET_SUBRESOURCES = (
+    "policy", "cors", "lifecycle", "tagging", "encryption", "object-lock", "website", "logging",
+    "notification", "replication", "ownershipControls", "publicAccessBlock", "accelerate",
+    "requestPayment", "analytics", "metrics", "inventory", "intelligent-tiering", "policyStatus",
+)
+
+
+def xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/xml", headers=headers)
+
+
+def owner_xml(gw: Gateway, access_key: str) -> dict[str, str]:
+    user = gw.users.get(access_key)
+    return {"ID": access_key, "DisplayName": user.name if user else access_key}
+
+
+async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    buckets = [b for b in await gw.buckets.list_all() if b.owner == req.user.access_key]
+    prefix = req.query.get("prefix", "")
+    buckets = [b for b in buckets if b.name.startswith(prefix)]
+    return xml_response(render("ListAllMyBucketsResult", {
+        "Owner": owner_xml(gw, req.user.access_key),
+        "Buckets": {"Bucket": [
+            {"Name": b.name, "CreationDate": dt.datetime.fromtimestamp(b.created_ns / 1e9, dt.timezone.utc),
+             "BucketRegion": b.region} for b in buckets]},
+    }))
+
+
+async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    body = await req.payload.read()
+    location = parse_create_bucket(body) if body.strip() else None
+    if location and location != gw.cfg.region:
+        raise S3Error("IllegalLocationConstraintException",
+                      f"The {location} location constraint is incompatible for the region specific endpoint "
+                      "this request was sent to.")
+    pool = req.headers.get("x-objstore-pool") or None
+    await gw.buckets.create(req.bucket, req.user.access_key, req.user.name, gw.cfg.region, pool, gw.view.map)
+    return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
+
+
+async def head_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    return web.Response(status=200, headers={"x-amz-bucket-region": bucket.region})
+
+
+async def delete_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    from gateway.s3listing import bucket_is_empty
+    from gateway.s3multipart import has_uploads
+
+    if not await bucket_is_empty(gw, bucket) or await has_uploads(gw, bucket):
+        raise S3Error("BucketNotEmpty", extra={"BucketName": req.bucket})
+    await gw.buckets.delete(bucket)
+    return web.Response(status=204)
+
+
+async def get_location(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    # S3 answers an empty constraint for us-east-1.
+    region = "" if bucket.region == "us-east-1" else bucket.region
+    return xml_response(render("LocationConstraint", [], xmlns=True).replace(
+        b"</LocationConstraint>", region.encode() + b"</LocationConstraint>"))
+
+
+async def get_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    return xml_response(render("VersioningConfiguration", {"Status": bucket.versioning}))
+
+
+async def put_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    conf = parse_versioning_configuration(await req.payload.read())
+    if conf.status not in ("Enabled", "Suspended"):
+        raise S3Error("IllegalVersioningConfigurationException")
+    bucket.versioning = conf.status
+    await gw.buckets.update(bucket)
+    return web.Response(status=200)
+
+
+def acl_xml(gw: Gateway, owner: str) -> bytes:
+    return render("AccessControlPolicy", {
+        "Owner": owner_xml(gw, owner),
+        "AccessControlList": {"Grant": [{
+            "Grantee": {"ID": owner, "DisplayName": owner_xml(gw, owner)["DisplayName"]},
+            "Permission": "FULL_CONTROL"}]},
+    }).replace(b"<Grantee>", b'<Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                              b'xsi:type="CanonicalUser">')
+
+
+async def get_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    return xml_response(acl_xml(gw, bucket.owner))
+
+
+async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    await gw.buckets.get(req.bucket, req.user.access_key)
+    await req.payload.read()
+    acl = req.headers.get("x-amz-acl", "private")
+    if acl != "private":
+        raise S3Error("NotImplemented", "only the private canned ACL is supported")
+    return web.Response(status=200)
+
+

@@ -1,0 +1,318 @@
+"""S3 multipart upload: each part is its own erasure-coded blob; Complete writes records listing them (no copy)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from objstore.cluster import NodeInfo
+from objstore.kv import KVUnavailable
+from objstore.objects import BlobWrite, ShardWrite, WriteFailed
+from objstore.records import KVRecord, ObjectRecord, PartRef
+from objstore.ring import Ring
+from objstore.versions import new_version, version_time_ns
+
+from gateway.buckets import Bucket
+from gateway.errors import S3Error
+from gateway.headers import content_md5, ns_datetime, meta_from_request, parse_range, quote_etag
+from gateway.s3buckets import owner_xml, xml_response
+from gateway.s3objects import copy_source, shown_version
+from gateway.server import Gateway, S3Request
+from gateway.xmlio import parse_complete_multipart_upload, render
+
+UPLOADS, PARTS = "upload", "part"
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_NUMBER = 10000
+SEP = "\0"
+
+
+@dataclass
+class Upload:
+    bucket: str
+    key: str
+    upload_id: str
+    initiated_ns: int
+    owner: str
+    meta: dict[str, Any]
+
+
+def _upload_name(bucket: str, upload_id: str) -> str:
+    return f"{bucket}{SEP}{upload_id}"
+
+
+def _owners(gw: Gateway, bucket: Bucket, key: str) -> tuple[Ring, int, list[NodeInfo]]:
+    ring = gw.view.ring(bucket.pool)
+    partition = ring.partition_of(bucket.name, key)
+    return ring, partition, gw.view.by_availability(ring.owners(partition))
+
+
+async def _kv(aw: Any) -> Any:
+    try:
+        return await aw
+    except KVUnavailable as e:
+        raise S3Error("ServiceUnavailable", str(e)) from None
+
+
+async def _load_upload(gw: Gateway, bucket: Bucket, req: S3Request) -> Upload:
+    upload_id = req.query.get("uploadId", "")
+    _, _, owners = _owners(gw, bucket, req.key)
+    rec = await _kv(gw.kv.get(owners, UPLOADS, _upload_name(bucket.name, upload_id)))
+    if rec is None or rec.deleted or rec.value.get("key") != req.key:
+        raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
+    v = rec.value
+    return Upload(bucket.name, req.key, upload_id, v["initiated"], v["owner"], v["meta"])
+
+
+def _part_number(req: S3Request) -> int:
+    raw = req.query.get("partNumber", "")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PART_NUMBER:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                      extra={"ArgumentName": "partNumber", "ArgumentValue": raw})
+    return int(raw)
+
+
+async def create_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    await req.payload.read()
+    meta = meta_from_request(req.headers)
+    upload_id = new_version()
+    _, _, owners = _owners(gw, bucket, req.key)
+    value = {"key": req.key, "initiated": version_time_ns(upload_id), "owner": req.user.access_key,
+             "meta": {"content_type": meta.content_type, "headers": meta.headers, "meta": meta.meta}}
+    await _kv(gw.kv.put(owners, KVRecord(UPLOADS, _upload_name(bucket.name, upload_id), upload_id, value)))
+    return xml_response(render("InitiateMultipartUploadResult",
+                               {"Bucket": bucket.name, "Key": req.key, "UploadId": upload_id}))
+
+
+def _shards_value(bw: BlobWrite) -> list[list[Any]]:
+    return [[s.index, s.node.id, s.checksums, s.handoff, s.inline] for s in bw.shards]
+
+
+def _blob_from_value(gw: Gateway, ring: Ring, value: dict[str, Any]) -> BlobWrite:
+    shards = []
+    for index, node_id, sums, handoff, inline in value["shards"]:
+        try:
+            node = gw.view.map.node(node_id)
+        except KeyError:
+            continue  # the node left the cluster; repair rebuilds its shard
+        shards.append(ShardWrite(index, node, list(sums), handoff, inline))
+    return BlobWrite(value["blob"], value["size"], ring.ec, shards)
+
+
+async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, source: Any,
+                      expect_md5: bytes | None) -> dict[str, Any]:
+    ring, partition, owners = _owners(gw, bucket, upload.key)
+    blob_id = f"{upload.upload_id}-{number:05d}-{secrets.token_hex(4)}"
+    md5 = hashlib.md5()
+    try:
+        bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=md5.update)
+    except WriteFailed as e:
+        raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
+    if expect_md5 is not None and md5.digest() != expect_md5:
+        await gw.io.discard(bw)
+        raise S3Error("BadDigest")
+    version = new_version()
+    value = {"number": number, "size": bw.size, "etag": md5.hexdigest(), "blob": blob_id,
+             "shards": _shards_value(bw), "modified": version_time_ns(version)}
+    name = f"{upload.upload_id}{SEP}{number:05d}"
+    try:
+        await _kv(gw.kv.put(owners, KVRecord(PARTS, name, version, value)))
+    except BaseException:
+        await gw.io.discard(bw)
+        raise
+    return value
+
+
+async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    number = _part_number(req)
+    upload = await _load_upload(gw, bucket, req)
+    value = await _store_part(gw, bucket, upload, number, req.payload, content_md5(req.headers))
+    return web.Response(status=200, headers={"ETag": quote_etag(value["etag"])})
+
+
+async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    number = _part_number(req)
+    upload = await _load_upload(gw, bucket, req)
+    _, src = await copy_source(gw, req)
+    await req.payload.read()
+    offset, length = 0, src.record.size
+    if "x-amz-copy-source-range" in req.headers:
+        raw = req.headers["x-amz-copy-source-range"]
+        rng = parse_range(raw, src.record.size) if "-" in raw and not raw.endswith("=-") else None
+        if rng is None or raw.split("=", 1)[-1].startswith("-"):
+            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form "
+                          "bytes=first-last where first and last are the zero-based offsets of the first and "
+                          "last bytes to copy", extra={"ArgumentName": "x-amz-copy-source-range",
+                                                       "ArgumentValue": raw})
+        offset, length = rng
+    value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None)
+    return xml_response(render("CopyPartResult", {"LastModified": ns_datetime(value["modified"]),
+                                                  "ETag": quote_etag(value["etag"])}))
+
+
+async def _parts(gw: Gateway, bucket: Bucket, upload: Upload) -> list[dict[str, Any]]:
+    _, _, owners = _owners(gw, bucket, upload.key)
+    records = await _kv(gw.kv.list(owners, PARTS, upload.upload_id + SEP))
+    return [r.value for r in records if not r.deleted]
+
+
+async def _forget(gw: Gateway, bucket: Bucket, upload: Upload, parts: list[dict[str, Any]],
+                  keep_blobs: set[str]) -> None:
+    """Tombstone the upload and its parts; remove the shards of parts not kept."""
+    ring, _, owners = _owners(gw, bucket, upload.key)
+    kv = gw.kv
+    await _kv(kv.put(owners, KVRecord(UPLOADS, _upload_name(bucket.name, upload.upload_id), new_version(),
+                                      {"key": upload.key}, deleted=True)))
+    for p in parts:
+        name = f"{upload.upload_id}{SEP}{p['number']:05d}"
+        gw.background.spawn(_quiet(kv.put(owners, KVRecord(PARTS, name, new_version(), {}, deleted=True))))
+        if p["blob"] not in keep_blobs:
+            gw.background.spawn(gw.io.discard(_blob_from_value(gw, ring, p)))
+
+
+async def _quiet(aw: Any) -> None:
+    try:
+        await aw
+    except Exception:  # tombstones of parts are tidiness; the upload tombstone is what counts
+        pass
+
+
+async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    upload = await _load_upload(gw, bucket, req)
+    wanted = parse_complete_multipart_upload(await req.payload.read())
+    if not wanted:
+        raise S3Error("MalformedXML", "You must specify at least one part")
+    stored = {p["number"]: p for p in await _parts(gw, bucket, upload)}
+    numbers = [w.part_number for w in wanted]
+    if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+        raise S3Error("InvalidPartOrder")
+    chosen = []
+    for pos, w in enumerate(wanted):
+        p = stored.get(w.part_number)
+        if p is None or p["etag"] != w.etag.strip('"'):
+            raise S3Error("InvalidPart", extra={"UploadId": upload.upload_id, "PartNumber": w.part_number,
+                                                "ETag": w.etag})
+        if pos < len(wanted) - 1 and p["size"] < MIN_PART_SIZE:
+            raise S3Error("EntityTooSmall", extra={"ProposedSize": p["size"], "MinSizeAllowed": MIN_PART_SIZE,
+                                                   "PartNumber": w.part_number, "ETag": w.etag})
+        chosen.append(p)
+    ring, partition, _ = _owners(gw, bucket, upload.key)
+    etag = hashlib.md5(b"".join(bytes.fromhex(p["etag"]) for p in chosen)).hexdigest() + f"-{len(chosen)}"
+    version = new_version()
+    refs = [(PartRef(p["number"], p["size"], p["etag"], p["blob"]), _blob_from_value(gw, ring, p)) for p in chosen]
+    meta = upload.meta
+    template = ObjectRecord(
+        bucket=bucket.name, key=upload.key, version=version, shard=0, ec=ring.ec, size=sum(p["size"] for p in chosen),
+        etag=etag, content_type=meta["content_type"], headers=meta["headers"], meta=meta["meta"],
+        parts=[r for r, _ in refs], created=version_time_ns(version), multipart=True)
+    try:
+        await gw.io.commit(ring, partition, template, refs)
+    except WriteFailed as e:
+        raise S3Error("ServiceUnavailable", f"not enough storage nodes committed: {e}") from None
+    await _forget(gw, bucket, upload, list(stored.values()), keep_blobs={p["blob"] for p in chosen})
+    if bucket.versioning != "Enabled":
+        gw.background.spawn(gw.io.prune(ring, bucket.name, upload.key, keep=version))
+    headers = {}
+    if (v := shown_version(bucket, version)) is not None:
+        headers["x-amz-version-id"] = v
+    return xml_response(render("CompleteMultipartUploadResult", {
+        "Location": f"/{bucket.name}/{upload.key}", "Bucket": bucket.name, "Key": upload.key,
+        "ETag": quote_etag(etag)}), headers=headers)
+
+
+async def abort_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    upload = await _load_upload(gw, bucket, req)
+    parts = await _parts(gw, bucket, upload)
+    await _forget(gw, bucket, upload, parts, keep_blobs=set())
+    return web.Response(status=204)
+
+
+async def list_parts(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    upload = await _load_upload(gw, bucket, req)
+    marker = int(req.query.get("part-number-marker", "0") or 0)
+    max_parts = min(int(req.query.get("max-parts", "1000") or 1000), 1000)
+    parts = sorted((p for p in await _parts(gw, bucket, upload) if p["number"] > marker), key=lambda p: p["number"])
+    page, truncated = parts[:max_parts], len(parts) > max_parts
+    owner = owner_xml(gw, upload.owner)
+    body: list[tuple[str, object]] = [
+        ("Bucket", bucket.name), ("Key", upload.key), ("UploadId", upload.upload_id),
+        ("Initiator", owner), ("Owner", owner), ("StorageClass", "STANDARD"),
+        ("PartNumberMarker", marker), ("NextPartNumberMarker", page[-1]["number"] if page else marker),
+        ("MaxParts", max_parts), ("IsTruncated", truncated),
+    ]
+    body += [("Part", {"PartNumber": p["number"], "LastModified": ns_datetime(p["modified"]),
+                       "ETag": quote_etag(p["etag"]), "Size": p["size"]}) for p in page]
+    return xml_response(render("ListPartsResult", body))  # type: ignore[arg-type]
+
+
+async def _all_uploads(gw: Gateway, bucket: Bucket) -> list[Upload]:
+    nodes = gw.view.by_availability(n for n in gw.view.map.pool_nodes(bucket.pool) if n.state != "removed")
+    # Uploads live on their key's owners: ask every node, keep the newest record of each.
+    results = await asyncio.gather(*(gw.client.list_kv(n, UPLOADS, bucket.name + SEP) for n in nodes),
+                                   return_exceptions=True)
+    newest: dict[str, KVRecord] = {}
+    for r in results:
+        if isinstance(r, list):
+            for rec in r:
+                if rec.name not in newest or rec.version > newest[rec.name].version:
+                    newest[rec.name] = rec
+    out = []
+    for rec in newest.values():
+        if not rec.deleted:
+            v = rec.value
+            out.append(Upload(bucket.name, v["key"], rec.name.split(SEP, 1)[1], v["initiated"], v["owner"], v["meta"]))
+    return sorted(out, key=lambda u: (u.key, u.upload_id))
+
+
+async def has_uploads(gw: Gateway, bucket: Bucket) -> bool:
+    return bool(await _all_uploads(gw, bucket))
+
+
+async def list_uploads(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    prefix, delimiter = req.query.get("prefix", ""), req.query.get("delimiter", "")
+    key_marker, id_marker = req.query.get("key-marker", ""), req.query.get("upload-id-marker", "")
+    max_uploads = min(int(req.query.get("max-uploads", "1000") or 1000), 1000)
+    rows: list[tuple[str, object]] = []
+    seen_prefixes: set[str] = set()
+    truncated = False
+    last: Upload | None = None
+    for u in await _all_uploads(gw, bucket):
+        if not u.key.startswith(prefix):
+            continue
+        if key_marker and (u.key < key_marker or (u.key == key_marker and (not id_marker or u.upload_id <= id_marker))):
+            continue
+        rest = u.key[len(prefix):]
+        if delimiter and delimiter in rest:
+            cp = prefix + rest[:rest.index(delimiter) + len(delimiter)]
+            if cp in seen_prefixes:
+                continue
+            if len(rows) >= max_uploads:
+                truncated = True
+                break
+            seen_prefixes.add(cp)
+            rows.append(("CommonPrefixes", {"Prefix": cp}))
+            continue
+        if len(rows) >= max_uploads:
+            truncated = True
+            break
+        owner = owner_xml(gw, u.owner)
+        rows.append(("Upload", {"Key": u.key, "UploadId": u.upload_id, "Initiator": owner, "Owner": owner,
+                                "StorageClass": "STANDARD", "Initiated": ns_datetime(u.initiated_ns)}))
+        last = u
+    body: list[tuple[str, object]] = [
+        ("Bucket", bucket.name), ("KeyMarker", key_marker), ("UploadIdMarker", id_marker),
+        ("NextKeyMarker", last.key if last else None), ("NextUploadIdMarker", last.upload_id if last else None),
+        ("Prefix", prefix), ("Delimiter", delimiter or None), ("MaxUploads", max_uploads), ("IsTruncated", truncated),
+    ]
+    return xml_response(render("ListMultipartUploadsResult", body + rows))  # type: ignore[arg-type]

@@ -1,0 +1,237 @@
+"""The gateway process: aiohttp app, request ids, authentication, S3 operation dispatch, and `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from objstore.client import NodeClient
+from objstore.cluster import ClusterMap
+from objstore.config import GatewayConfig, User
+from objstore.kv import ReplicatedKV
+from objstore.objects import ObjectIO
+from objstore.quorum import Background
+from objstore.view import ClusterView
+
+from gateway.buckets import Buckets
+from gateway.errors import S3Error, error_response
+from gateway.sigv4 import Authenticator, PayloadReader
+
+log = logging.getLogger("objstore.gateway")
+
+MAP_REFRESH_INTERVAL = 5.0
+"""Seconds between two pulls of the cluster map from the nodes."""
+
+
+@dataclass
+class Gateway:
+    """Everything a handler needs: configuration, cluster view, node client, object I/O, buckets."""
+
+    cfg: GatewayConfig
+    view: ClusterView
+    client: NodeClient
+    io: ObjectIO
+    kv: ReplicatedKV
+    buckets: Buckets
+    auth: Authenticator
+    executor: ThreadPoolExecutor
+    background: Background
+    users: dict[str, User] = field(default_factory=dict)
+
+
+@dataclass
+class S3Request:
+    """One parsed S3 request."""
+
+    http: web.Request
+    bucket: str
+    key: str
+    query: MultiDictProxy[str]
+    user: User
+    payload: PayloadReader
+    request_id: str
+
+    @property
+    def headers(self):  # type: ignore[no-untyped-def]
+        return self.http.headers
+
+    def has(self, name: str) -> bool:
+        return name in self.query
+
+
+Handler = Callable[[Gateway, S3Request], Awaitable[web.StreamResponse]]
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def split_path(raw_path: str) -> tuple[str, str]:
+    """Bucket and key from a path-style request path, percent-decoded exactly once ('+' stays '+')."""
+    path = raw_path.split("?", 1)[0]
+    bucket, _, key = path.lstrip("/").partition("/")
+    return unquote(bucket), unquote(key)
+
+
+def select_handler(method: str, bucket: str, key: str, q: MultiDictProxy[str],
+                   headers: object) -> Handler:
+    """Which S3 operation a request is, by method, path shape and sub-resource."""
+    from gateway import s3buckets as b, s3listing as ls, s3multipart as mp, s3objects as o
+
+    has_copy = "x-amz-copy-source" in headers  # type: ignore[operator]
+    if not bucket:
+        if method == "GET":
+            return b.list_buckets
+        raise S3Error("MethodNotAllowed")
+    if not key:
+        table: dict[str, list[tuple[str | None, Handler]]] = {
+            "GET": [("location", b.get_location), ("versioning", b.get_versioning), ("versions", ls.list_versions),
+                    ("uploads", mp.list_uploads), ("acl", b.get_acl), ("list-type", ls.list_objects_v2),
+                    (None, ls.list_objects_v1)],
+            "PUT": [("versioning", b.put_versioning), ("acl", b.put_acl), (None, b.create_bucket)],
+            "HEAD": [(None, b.head_bucket)],
+            "DELETE": [(None, b.delete_bucket)],
+            "POST": [("delete", o.delete_objects)],
+        }
+        unsupported = b.UNSUPPORTED_BUCKET_SUBRESOURCES
+    else:
+        table = {
+            "GET": [("uploadId", mp.list_parts), ("acl", o.get_acl), ("tagging", o.get_tagging), (None, o.get_object)],
+            "HEAD": [(None, o.head_object)],
+            "PUT": [("partNumber", mp.upload_part_copy if has_copy else mp.upload_part),
+                    ("tagging", o.put_tagging), ("acl", o.put_acl),
+                    (None, o.copy_object if has_copy else o.put_object)],
+            "DELETE": [("uploadId", mp.abort_upload), ("tagging", o.delete_tagging), (None, o.delete_object)],
+            "POST": [("uploads", mp.create_upload), ("uploadId", mp.complete_upload)],
+        }
+        unsupported = o.UNSUPPORTED_OBJECT_SUBRESOURCES
+    for sub in unsupported:
+        if sub in q:
+            raise S3Error("NotImplemented", f"{method} ?{sub} is not implemented")
+    for sub, handler in table.get(method, []):
+        if sub is None or sub in q:
+            return handler
+    if method in table:
+        raise S3Error("NotImplemented", f"{method} with these parameters is not implemented")
+    raise S3Error("MethodNotAllowed", f"{method} is not allowed on this resource")
+
+
+@web.middleware
+async def s3_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+    request_id = secrets.token_hex(8).upper()
+    request["request_id"] = request_id
+    resource = request.path
+    try:
+        response = await handler(request)
+    except S3Error as e:
+        if e.status >= 500:
+            log.warning("request %s %s %s failed: %s", request_id, request.method, resource, e)
+        return error_response(e, request_id, resource, head=request.method == "HEAD")
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("request %s %s %s failed", request_id, request.method, resource)
+        return error_response(S3Error("InternalError"), request_id, resource, head=request.method == "HEAD")
+    response.headers.setdefault("x-amz-request-id", request_id)
+    response.headers.setdefault("Server", "objstore")
+    return response
+
+
+async def handle_s3(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    bucket, key = split_path(request.raw_path)
+    handler = select_handler(request.method, bucket, key, request.query, request.headers)
+    result = gw.auth.authenticate(request)
+    s3req = S3Request(request, bucket, key, request.query, result.user, result.payload, request["request_id"])
+    if len(key.encode("utf-8", "surrogatepass")) > 1024:
+        raise S3Error("KeyTooLongError")
+    return await handler(gw, s3req)
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "epoch": request.app[GATEWAY].view.map.epoch})
+
+
+async def _refresh_map(gw: Gateway) -> None:
+    while True:
+        await asyncio.sleep(MAP_REFRESH_INTERVAL)
+        try:
+            await gw.view.refresh(gw.client)
+        except Exception as e:  # a failed refresh is retried at the next interval
+            log.debug("map refresh failed: %s", e)
+
+
+async def _map_from_seeds(cfg: GatewayConfig, client: NodeClient) -> ClusterMap:
+    from objstore.cluster import NodeInfo
+
+    for seed in cfg.seeds:
+        try:
+            return await client.get_map(NodeInfo(id=f"seed:{seed}", address=seed, zone="?"))
+        except Exception as e:
+            log.warning("seed %s unreachable: %s", seed, e)
+    raise RuntimeError("no seed answered with a cluster map")
+
+
+async def build_app(cfg: GatewayConfig) -> web.Application:
+    client = NodeClient(cfg.secret, timeout=cfg.node_timeout)
+    cmap = ClusterMap.load(cfg.map) if cfg.map else await _map_from_seeds(cfg, client)
+    view = ClusterView(cmap)
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-cpu")
+    background = Background()
+    users = {u.access_key: u for u in cfg.users}
+    kv = ReplicatedKV(client, background)
+    gw = Gateway(cfg, view, client, ObjectIO(view, client, executor, background), kv, Buckets(view, kv), Authenticator(users, cfg.region), executor, background, users)
+    app = web.Application(middlewares=[s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536})
+    app[GATEWAY] = gw
+    app.router.add_get("/_objstore/health", handle_health)
+    app.router.add_route("*", "/{tail:.*}", handle_s3)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        refresher = asyncio.create_task(_refresh_map(gw))
+        await gw.view.refresh(gw.client)
+        yield
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+        await background.close()
+        await client.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def run(cfg: GatewayConfig) -> None:
+    """Serve S3 until SIGTERM or SIGINT."""
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    host, _, port = cfg.listen.rpartition(":")
+
+    async def main() -> None:
+        app = await build_app(cfg)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, int(port), reuse_address=True)
+        await site.start()
+        log.info("gateway listening on %s", cfg.listen)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())

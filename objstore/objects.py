@@ -1,0 +1,624 @@
+"""Erasure-coded objects on the nodes: write blobs and commit records, find the visible version, read with degraded and hedged reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from objstore import codec
+from objstore.client import NodeClient, NodeError
+from objstore.cluster import ECProfile, NodeInfo
+from objstore.quorum import Background, QuorumError, quorum
+from objstore.records import ObjectRecord, PartRef
+from objstore.ring import Ring
+from objstore.view import ClusterView
+
+log = logging.getLogger("objstore.objects")
+
+INLINE_MAX_SHARD = 64 * 1024
+"""Shards up to this size travel inside the record: a small object costs no file on any node."""
+SHARD_QUEUE_DEPTH = 4
+"""Blocks buffered per shard upload: bounds gateway memory at about width * depth * block_size."""
+
+
+class WriteFailed(Exception):
+    """Fewer than k+1 shards could be made durable: nothing of the write became visible."""
+
+
+class ReadFailed(Exception):
+    """Fewer than k healthy shards of a version could be read."""
+
+
+@dataclass
+class ShardWrite:
+    """One durable shard of a blob: where it went and what it holds."""
+
+    index: int
+    node: NodeInfo
+    checksums: list[int]
+    handoff: bool
+    inline: bytes | None = None
+
+
+@dataclass
+class BlobWrite:
+    """The outcome of writing one erasure-coded blob (an object, or one part of a multipart upload)."""
+
+    blob: str
+    size: int
+    ec: ECProfile
+    shards: list[ShardWrite] = field(default_factory=list)
+
+    @property
+    def indexes(self) -> set[int]:
+        return {s.index for s in self.shards}
+
+
+@dataclass
+class ShardSource:
+    """A place to read one shard of one part from."""
+
+    index: int
+    node: NodeInfo
+    part: PartRef
+
+
+@dataclass
+class ObjectVersion:
+    """A visible version of an object: its metadata and, per part, where each shard index can be read."""
+
+    record: ObjectRecord  # metadata (any of the version's records; per-shard fields are meaningless)
+    holders: list[tuple[NodeInfo, ObjectRecord]]
+
+    @property
+    def deleted(self) -> bool:
+        return self.record.deleted
+
+    def sources(self, part_number: int) -> dict[int, list[ShardSource]]:
+        """Shard index -> places holding that shard of the part (owners first, then handoffs)."""
+        out: dict[int, list[ShardSource]] = defaultdict(list)
+        for node, rec in sorted(self.holders, key=lambda h: h[1].handoff):
+            for p in rec.parts:
+                if p.number == part_number and p.present:
+                    out[rec.shard].append(ShardSource(rec.shard, node, p))
+        return out
+
+
+def visible_versions(records: list[tuple[NodeInfo, ObjectRecord]], k: int) -> list[ObjectVersion]:
+    """Group records by version, newest first, keeping those with at least k distinct shard indexes."""
+    by_version: dict[str, list[tuple[NodeInfo, ObjectRecord]]] = defaultdict(list)
+    for node, rec in records:
+        by_version[rec.version].append((node, rec))
+    out = []
+    for version in sorted(by_version, reverse=True):
+        holders = by_version[version]
+        if len({r.shard for _, r in holders}) >= min(k, holders[0][1].ec.k):
+            out.append(ObjectVersion(holders[0][1], holders))
+    return out
+
+
+class ObjectIO:
+    """Reads and writes objects across the cluster; shared by gateways and the repair loop."""
+
+    def __init__(self, view: ClusterView, client: NodeClient, executor: Executor | None = None,
+                 background: Background | None = None) -> None:
+        self.view = view
+        self.client = client
+        self.executor = executor
+        self.background = background or Background()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _targets(self, ring: Ring, partition: int) -> tuple[list[NodeInfo], list[NodeInfo]]:
+        """Owners (shard i to owner i) and the handoff candidates, unavailable owners replaced up front."""
+        prefs = ring.preference_list(partition)
+        width = ring.ec.width
+        owners, rest = prefs[:width], prefs[width:]
+        spares = [n for n in rest if self.view.available(n)] + [n for n in rest if not self.view.available(n)]
+        return owners, spares
+
+    async def _with_handoff(self, index: int, owner: NodeInfo, spares: list[NodeInfo],
+                            attempt: Callable[[NodeInfo], Any]) -> tuple[NodeInfo, Any, bool]:
+        """Run `attempt` on the owner, else on the next free spare; spares are shared between slots."""
+        candidates = [owner] if self.view.available(owner) else []
+        last: Exception | None = None
+        while True:
+            if candidates:
+                node = candidates.pop()
+            elif spares:
+                node = spares.pop(0)
+            else:
+                raise last or WriteFailed(f"no node left for shard {index}")
+            started = time.monotonic()
+            try:
+                result = await attempt(node)
+            except (NodeError, OSError, asyncio.TimeoutError) as e:
+                self.view.record_failure(node)
+                last = e
+                continue
+            self.view.record_success(node, time.monotonic() - started)
+            return node, result, node.id != owner.id
+
+    async def write_blob(self, ring: Ring, partition: int, blob: str, source: AsyncIterable[bytes],
+                         on_payload: Callable[[bytes], None] | None = None) -> BlobWrite:
+        """Stream `source` into k+m shards on the partition's owners (or handoffs).
+
+        Small payloads (every shard <= INLINE_MAX_SHARD) are not uploaded: their shards come back inline,
+        for the caller to put into the records.
+        """
+        ec = ring.ec
+        head, rest = await _peek(source, ec.k * INLINE_MAX_SHARD + 1)
+        if rest is None:
+            return await self._inline_blob(ring, partition, blob, head, on_payload)
+        return await self._streamed_blob(ring, partition, blob, _chain(head, rest), on_payload)
+
+    async def _inline_blob(self, ring: Ring, partition: int, blob: str, payload: bytes,
+                           on_payload: Callable[[bytes], None] | None) -> BlobWrite:
+        ec = ring.ec
+        stripe_codec = codec.StripeCodec(ec)
+        loop = asyncio.get_running_loop()
+
+        def encode_all() -> list[bytearray]:
+            shards = [bytearray() for _ in range(ec.width)]
+            for off in range(0, len(payload), ec.stripe_size):
+                chunk = payload[off:off + ec.stripe_size]
+                if on_payload:
+                    on_payload(chunk)
+                for i, b in enumerate(stripe_codec.encode(chunk)):
+                    shards[i] += b
+            return shards
+
+        shards = await loop.run_in_executor(self.executor, encode_all)
+        owners, _ = self._targets(ring, partition)
+        out = BlobWrite(blob, len(payload), ec)
+        for i in range(ec.width):
+            data = bytes(shards[i])
+            node = owners[i] if i < len(owners) else owners[i % max(1, len(owners))]
+            out.shards.append(ShardWrite(i, node, codec.shard_checksums(data, ec.block_size), False, data))
+        return out
+
+    async def _streamed_blob(self, ring: Ring, partition: int, blob: str, source: AsyncIterable[bytes],
+                             on_payload: Callable[[bytes], None] | None) -> BlobWrite:
+        ec = ring.ec
+        owners, spares = self._targets(ring, partition)
+        if len(owners) + len(spares) < ec.k + 1:
+            raise WriteFailed(f"only {len(owners) + len(spares)} nodes can be placed on, need {ec.k + 1}")
+        queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(SHARD_QUEUE_DEPTH) for _ in range(ec.width)]
+        alive = [True] * ec.width
+        size = 0
+
+        def count(payload: bytes) -> None:
+            nonlocal size
+            size += len(payload)
+            if on_payload:
+                on_payload(payload)
+
+        expected: list[list[int]] = [[] for _ in range(ec.width)]
+        started = [False] * ec.width
+
+        async def body(i: int) -> AsyncIterator[bytes]:
+            while (block := await queues[i].get()) is not None:
+                started[i] = True
+                yield block
+
+        async def upload(i: int) -> ShardWrite:
+            async def attempt(node: NodeInfo) -> list[int]:
+                if started[i]:
+                    # Blocks already sent are gone: a spare could only get a shard with a hole in it.
+                    raise WriteFailed(f"shard {i} failed mid-stream")
+                sums = await self.client.put_blob(node, blob, i, partition, ec.block_size, body(i))
+                if sums != expected[i]:
+                    raise WriteFailed(f"shard {i} checksums from {node.id} differ from what was sent")
+                return sums
+            try:
+                node, sums, handoff = await self._with_handoff(i, owners[i], spares, attempt)
+            finally:
+                alive[i] = False
+                while not queues[i].empty():
+                    queues[i].get_nowait()
+            return ShardWrite(i, node, sums, handoff)
+
+        async def feed() -> None:
+            async for blocks in codec.encode_stream(source, ec, self.executor, count):
+                for i, b in enumerate(blocks):
+                    expected[i].append(codec.block_checksum(b))
+                live = [i for i in range(ec.width) if alive[i]]
+                if len(live) < ec.k + 1:
+                    raise WriteFailed(f"only {len(live)} shard uploads left, need {ec.k + 1}")
+                await asyncio.gather(*(queues[i].put(blocks[i]) for i in live))
+            for i in range(ec.width):
+                if alive[i]:
+                    await queues[i].put(None)
+
+        uploads = [asyncio.ensure_future(upload(i)) for i in range(ec.width)]
+        try:
+            await feed()
+        except BaseException:
+            for t in uploads:
+                t.cancel()
+            results = await asyncio.gather(*uploads, return_exceptions=True)
+            self._discard([r for r in results if isinstance(r, ShardWrite)], blob)
+            raise
+        results = await asyncio.gather(*uploads, return_exceptions=True)
+        written = [r for r in results if isinstance(r, ShardWrite)]
+        out = BlobWrite(blob, size, ec, written)
+        if len(written) < min(ec.width, ec.k + 1):
+            self._discard(written, blob)
+            raise WriteFailed(f"{len(written)} of {ec.width} shards durable, need {ec.k + 1}")
+        return out
+
+    def _discard(self, shards: list[ShardWrite], blob: str) -> None:
+        """Remove shards of a write that will not be committed (in the background, owned)."""
+        for s in shards:
+            if s.inline is None:
+                self.background.spawn(self._quiet(self.client.delete_blob(s.node, blob, s.index)))
+
+    async def discard(self, write: BlobWrite) -> None:
+        """Drop an uncommitted blob (a PUT refused after its body was streamed: BadDigest and the like)."""
+        await asyncio.gather(*(self._quiet(self.client.delete_blob(s.node, write.blob, s.index))
+                               for s in write.shards if s.inline is None))
+
+    @staticmethod
+    async def _quiet(aw: Any) -> None:
+        try:
+            await aw
+        except Exception as e:  # cleanup is best effort; repair's GC removes what is left
+            log.debug("cleanup failed: %s", e)
+
+    async def commit(self, ring: Ring, partition: int, template: ObjectRecord,
+                     parts: list[tuple[PartRef, BlobWrite]]) -> ObjectRecord:
+        """Write the version's records: one per (node, shard index) that holds a shard of any part.
+
+        Returns once every target answered; raises WriteFailed (after removing what was committed)
+        if fewer than k+1 distinct shard indexes were committed.
+        """
+        ec = ring.ec
+        targets: dict[tuple[str, int], tuple[NodeInfo, bool]] = {}
+        held: dict[tuple[str, int], dict[int, ShardWrite]] = defaultdict(dict)  # -> part position -> shard
+        for pos, (_, bw) in enumerate(parts):
+            for s in bw.shards:
+                targets[(s.node.id, s.index)] = (s.node, s.handoff)
+                held[(s.node.id, s.index)][pos] = s
+        owners, _ = self._targets(ring, partition)
+        if not parts:  # a delete marker: one record per owner
+            for i, node in enumerate(owners):
+                targets[(node.id, i)] = (node, False)
+        elif len(parts) > 1:  # owners also learn of parts they lack, so repair can fill them in
+            for i, node in enumerate(owners):
+                if (node.id, i) not in targets and self.view.available(node):
+                    targets[(node.id, i)] = (node, False)
+
+        def record_for(node_id: str, index: int, handoff: bool) -> ObjectRecord:
+            refs = []
+            for pos, (ref, bw) in enumerate(parts):
+                s = held[(node_id, index)].get(pos)
+                sums = s.checksums if s else _sums_for(bw, index)
+                refs.append(replace(ref, blob=bw.blob, checksums=sums, present=s is not None,
+                                    inline=s.inline if s else None))
+            return replace(template, shard=index, ec=ec, parts=refs, handoff=handoff)
+
+        records = {key: record_for(key[0], key[1], handoff) for key, (node, handoff) in targets.items()}
+        keys = list(records)
+
+        _, spares = self._targets(ring, partition)
+
+        async def put(key: tuple[str, int]) -> None:
+            node, rec = targets[key][0], records[key]
+            if any(p.inline is None for p in rec.parts):  # its blobs are on that node: nowhere else will do
+                await self._timed(node, self.client.put_record(node, rec))
+                return
+
+            async def attempt(n: NodeInfo) -> None:  # inline shards and markers can land on a handoff
+                await self.client.put_record(n, replace(rec, handoff=rec.handoff or n.id != node.id))
+            await self._with_handoff(key[1], node, spares, attempt)
+
+        try:
+            done = await quorum(keys, put, need=len(keys), parallel=len(keys))
+        except QuorumError as e:
+            done = e.successes
+        committed = {key[1] for key, _ in done}
+        if len(committed) < min(ec.width, ec.k + 1):
+            for key, _ in done:
+                self.background.spawn(self._quiet(self.client.delete_record(
+                    targets[key][0], template.bucket, template.key, template.version)))
+            raise WriteFailed(f"{len(committed)} shard records committed, need {ec.k + 1}")
+        return template
+
+    # -- removing ----------------------------------------------------------------------------------
+
+    async def _on_every_node(self, ring: Ring, partition: int, call: Callable[[NodeInfo], Any]) -> None:
+        nodes = ring.preference_list(partition)
+        await asyncio.gather(*(self._quiet(call(n)) for n in nodes if self.view.available(n)))
+
+    async def delete_version(self, ring: Ring, bucket: str, key: str, version: str) -> None:
+        """Remove one version's records and shards from every node that may hold them."""
+        await self._on_every_node(ring, ring.partition_of(bucket, key),
+                                  lambda n: self.client.delete_record(n, bucket, key, version))
+
+    async def prune(self, ring: Ring, bucket: str, key: str, keep: str) -> None:
+        """Remove the versions older than `keep` (unversioned buckets keep only the newest)."""
+        async def prune_node(node: NodeInfo) -> None:
+            for rec in await self.client.get_versions(node, bucket, key):
+                if rec.version < keep:
+                    await self.client.delete_record(node, bucket, key, rec.version)
+        await self._on_every_node(ring, ring.partition_of(bucket, key), prune_node)
+
+    # -- finding -----------------------------------------------------------------------------------
+
+    async def find(self, ring: Ring, bucket: str, key: str, version: str | None = None) -> ObjectVersion | None:
+        """The newest visible version of a key (or the given version), or None."""
+        partition = ring.partition_of(bucket, key)
+        ec = ring.ec
+        owners = self.view.by_availability(ring.owners(partition))
+        need = max(1, min(len(owners), ec.k))
+
+        async def newest(node: NodeInfo) -> tuple[NodeInfo, ObjectRecord | None]:
+            return node, await self._timed(node, self.client.get_record(node, bucket, key, version))
+
+        try:
+            answers = await quorum(owners, newest, need=need, parallel=len(owners), background=self.background)
+        except QuorumError as e:
+            answers = e.successes
+        records = [(n, r) for _, (n, r) in answers if r is not None]
+        found = visible_versions(records, ec.k)
+        if found and found[0].record.version == max(r.version for _, r in records):
+            return await self._complete(ring, partition, found[0])
+        if not records and len(answers) >= need:
+            return None
+        # The newest version seen is not visible among these answers: ask every node, every version.
+        return await self._find_everywhere(ring, partition, bucket, key, version)
+
+    async def _complete(self, ring: Ring, partition: int, found: ObjectVersion) -> ObjectVersion:
+        """Add the holders the first answers missed, so a degraded read has every shard to choose from."""
+        seen = {(n.id, r.shard) for n, r in found.holders}
+        if len({r.shard for _, r in found.holders}) >= found.record.ec.width:
+            return found
+        full = await self._find_everywhere(ring, partition, found.record.bucket, found.record.key,
+                                           found.record.version, timeout=self.view.hedge_delay())
+        if full is None:
+            return found
+        extra = [(n, r) for n, r in full.holders if (n.id, r.shard) not in seen]
+        return ObjectVersion(found.record, found.holders + extra)
+
+    async def _find_everywhere(self, ring: Ring, partition: int, bucket: str, key: str,
+                               version: str | None, timeout: float | None = None) -> ObjectVersion | None:
+        nodes = self.view.by_availability(ring.preference_list(partition))
+
+        async def versions(node: NodeInfo) -> list[tuple[NodeInfo, ObjectRecord]]:
+            if version is not None:
+                rec = await self._timed(node, self.client.get_record(node, bucket, key, version))
+                return [(node, rec)] if rec else []
+            return [(node, r) for r in await self._timed(node, self.client.get_versions(node, bucket, key))]
+
+        calls = [versions(n) for n in nodes]
+        if timeout is not None:
+            results = await asyncio.gather(*(asyncio.wait_for(c, timeout) for c in calls), return_exceptions=True)
+        else:
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        records = [x for r in results if isinstance(r, list) for x in r]
+        found = visible_versions(records, ring.ec.k)
+        return found[0] if found else None
+
+    async def _timed(self, node: NodeInfo, aw: Any) -> Any:
+        started = time.monotonic()
+        try:
+            result = await aw
+        except (NodeError, OSError, asyncio.TimeoutError):
+            self.view.record_failure(node)
+            raise
+        self.view.record_success(node, time.monotonic() - started)
+        return result
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def read(self, obj: ObjectVersion, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream object bytes [offset, offset+length), part by part, stripe by stripe."""
+        rec = obj.record
+        end = rec.size if length is None else min(rec.size, offset + length)
+        part_start = 0
+        for part in rec.parts:
+            part_end = part_start + part.size
+            if part_end > offset and part_start < end:
+                lo = max(offset, part_start) - part_start
+                hi = min(end, part_end) - part_start
+                async for chunk in self._read_part(obj, part, lo, hi - lo):
+                    yield chunk
+            part_start = part_end
+            if part_start >= end:
+                break
+
+    async def _read_part(self, obj: ObjectVersion, part: PartRef, offset: int, length: int) -> AsyncIterator[bytes]:
+        if length <= 0:
+            return
+        ec = obj.record.ec
+        reader = _PartReader(self, obj, part, ec, offset, length)
+        try:
+            async for chunk in reader.stream():
+                yield chunk
+        finally:
+            await reader.close()
+
+
+def _sums_for(bw: BlobWrite, index: int) -> list[int]:
+    for s in bw.shards:
+        if s.index == index:
+            return s.checksums
+    return []
+
+
+class _PartReader:
+    """Reads the stripes of one part from k shards, replacing failed, corrupt or slow shards with spares."""
+
+    def __init__(self, io: ObjectIO, obj: ObjectVersion, part: PartRef, ec: ECProfile, offset: int, length: int):
+        self.io, self.part, self.ec = io, part, ec
+        self.offset, self.length = offset, length
+        self.codec = codec.StripeCodec(ec)
+        self.first, self.last = codec.range_to_stripes(offset, length, part.size, ec)
+        sources = obj.sources(part.number)
+        # Data shards first (no decode needed), then parity; available nodes first within each index.
+        self.candidates: list[ShardSource] = []
+        for idx in sorted(sources):
+            for src in io.view.by_availability([s.node for s in sources[idx]]):
+                self.candidates.append(next(s for s in sources[idx] if s.node.id == src.id))
+        self.open: dict[int, _ShardStream] = {}
+        self.failed: set[int] = set()
+
+    def _next_candidate(self) -> ShardSource | None:
+        for src in self.candidates:
+            if src.index not in self.open and src.index not in self.failed:
+                self.candidates.remove(src)
+                return src
+        return None
+
+    def _open(self, src: ShardSource, stripe: int) -> _ShardStream:
+        shard_off, shard_len = codec.shard_span(stripe, self.last, self.part.size, self.ec)
+        stream = _ShardStream(self.io, src, self.ec.block_size, shard_off, shard_len)
+        self.open[src.index] = stream
+        return stream
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        k = self.ec.k
+        for _ in range(k):
+            src = self._next_candidate()
+            if src is None:
+                break
+            self._open(src, self.first)
+        stripe_start = self.first * self.ec.stripe_size
+        for stripe in range(self.first, self.last + 1):
+            blen = codec.block_len(self.part.size, self.ec, stripe)
+            blocks = await self._stripe_blocks(stripe, blen)
+            payload_len = codec.stripe_payload_len(self.part.size, self.ec, stripe)
+            if all(i in blocks for i in range(k)):
+                payload = b"".join(blocks[i] for i in range(k))[:payload_len]
+            else:
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    self.io.executor, self.codec.decode, blocks, payload_len)
+            lo = max(self.offset - stripe_start, 0)
+            hi = min(self.offset + self.length - stripe_start, payload_len)
+            yield payload[lo:hi]
+            stripe_start += self.ec.stripe_size
+
+    async def _stripe_blocks(self, stripe: int, blen: int) -> dict[int, bytes]:
+        """k verified blocks of one stripe; a shard that errs or lags is replaced by the next candidate."""
+        k = self.ec.k
+        blocks: dict[int, bytes] = {}
+        pending: dict[asyncio.Task[bytes], int] = {}
+        for idx, s in list(self.open.items()):
+            pending[asyncio.ensure_future(s.block(stripe, blen))] = idx
+        hedged = False
+        try:
+            while len(blocks) < k:
+                if not pending:
+                    src = self._next_candidate()
+                    if src is None:
+                        raise ReadFailed(f"only {len(blocks)} of {k} shards readable for part {self.part.number}")
+                    pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
+                    continue
+                timeout = None if hedged else self.io.view.hedge_delay()
+                done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    # Hedge: race a spare against each laggard; whichever k blocks arrive first win.
+                    hedged = True
+                    for _ in range(len(pending)):
+                        src = self._next_candidate()
+                        if src is None:
+                            break
+                        pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
+                    continue
+                for task in done:
+                    idx = pending.pop(task)
+                    try:
+                        blocks[idx] = task.result()
+                    except (NodeError, OSError, asyncio.TimeoutError, codec.ChecksumError, ReadFailed) as e:
+                        log.warning("shard %d of %s unreadable: %s", idx, self.part.blob, e)
+                        self.failed.add(idx)
+                        stream = self.open.pop(idx, None)
+                        if stream:
+                            await stream.close()
+                        if len(blocks) + len(pending) < k:
+                            src = self._next_candidate()
+                            if src is not None:
+                                pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
+        finally:
+            for task, idx in pending.items():
+                # Laggards lose their place: their stream is now behind, so close it.
+                task.cancel()
+                stream = self.open.pop(idx, None)
+                if stream:
+                    self.failed.add(idx)
+                    await stream.close()
+        return blocks
+
+    async def close(self) -> None:
+        for s in self.open.values():
+            await s.close()
+        self.open.clear()
+
+
+class _ShardStream:
+    """One open shard read: returns its blocks in order, each verified against the record's checksum."""
+
+    def __init__(self, io: ObjectIO, src: ShardSource, block_size: int, shard_off: int, shard_len: int) -> None:
+        self.io, self.src, self.block_size = io, src, block_size
+        self.shard_off, self.shard_len = shard_off, shard_len
+        self._cm: Any = None
+        self._reader: Any = None
+        self._pos = shard_off
+        self._started = time.monotonic()
+
+    async def block(self, stripe: int, blen: int) -> bytes:
+        expected_pos = stripe * self.block_size
+        if expected_pos != self._pos:
+            raise ReadFailed(f"shard stream at {self._pos}, asked for {expected_pos}")
+        if self.src.part.inline is not None:
+            data = self.src.part.inline[self._pos:self._pos + blen]
+        else:
+            if self._reader is None:
+                self._cm = self.io.client.open_blob(self.src.node, self.src.part.blob, self.src.index,
+                                                    self.shard_off, self.shard_len)
+                self._reader = await self._cm.__aenter__()
+            data = await self._reader.read_exactly(blen)
+            if self._started:
+                self.io.view.record_success(self.src.node, time.monotonic() - self._started)
+                self._started = 0.0
+        if len(data) != blen:
+            raise ReadFailed(f"shard {self.src.index} is short")
+        sums = self.src.part.checksums
+        codec.verify_block(data, sums[stripe] if stripe < len(sums) else -1,
+                           f"{self.src.part.blob}.{self.src.index} block {stripe} on {self.src.node.id}")
+        self._pos += blen
+        return data
+
+    async def close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm, self._reader = self._cm, None, None
+            try:
+                await cm.__aexit__(None, None, None)
+            except Exception as e:
+                log.debug("closing shard stream: %s", e)
+
+
+async def _peek(source: AsyncIterable[bytes], limit: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """Read up to `limit` bytes; returns them and the rest of the stream, or None if the source ended first."""
+    it = source.__aiter__()
+    buf = bytearray()
+    while len(buf) < limit:
+        try:
+            chunk = await it.__anext__()
+        except StopAsyncIteration:
+            return bytes(buf), None
+        buf += chunk
+    return bytes(buf), it
+
+
+async def _chain(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk

@@ -1,0 +1,129 @@
+"""What a process knows of the cluster: the newest map, its rings, and how each node has been answering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import quantiles
+from typing import TYPE_CHECKING, Iterable
+
+from objstore.cluster import ClusterMap, NodeInfo
+from objstore.ring import Ring
+
+if TYPE_CHECKING:
+    from objstore.client import NodeClient
+
+log = logging.getLogger("objstore.view")
+
+ERROR_THRESHOLD = 3
+"""Consecutive failures after which a node is taken out of rotation."""
+BACKOFF_MIN, BACKOFF_MAX = 2.0, 30.0
+HEDGE_MIN, HEDGE_MAX = 0.05, 1.0
+
+
+@dataclass
+class NodeHealth:
+    """Error limiter and latency memory of one node, as seen by this process."""
+
+    failures: int = 0
+    out_until: float = 0.0
+    backoff: float = BACKOFF_MIN
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+
+    def available(self, now: float) -> bool:
+        return now >= self.out_until
+
+    def success(self, latency: float | None) -> None:
+        self.failures = 0
+        self.backoff = BACKOFF_MIN
+        self.out_until = 0.0
+        if latency is not None:
+            self.latencies.append(latency)
+
+    def failure(self, now: float) -> bool:
+        """Count a failure; True if the node was just taken out of rotation."""
+        self.failures += 1
+        if self.failures >= ERROR_THRESHOLD and now >= self.out_until:
+            self.out_until = now + self.backoff
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            return True
+        return False
+
+
+class ClusterView:
+    """The newest cluster map this process has seen, rings derived from it, and node health."""
+
+    def __init__(self, cmap: ClusterMap) -> None:
+        self.map = cmap
+        self._rings: dict[tuple[int, str | None], Ring] = {}
+        self.health: dict[str, NodeHealth] = {}
+        self._refresh_lock = asyncio.Lock()
+
+    # -- map and rings -------------------------------------------------------------------------
+
+    def ring(self, pool: str | None = None) -> Ring:
+        key = (self.map.epoch, pool)
+        ring = self._rings.get(key)
+        if ring is None:
+            self._rings = {k: v for k, v in self._rings.items() if k[0] == self.map.epoch}
+            ring = self._rings[key] = Ring(self.map, pool)
+        return ring
+
+    def adopt(self, cmap: ClusterMap) -> bool:
+        """Take a newer map; an older or equal epoch is ignored. True if adopted."""
+        if cmap.epoch <= self.map.epoch:
+            return False
+        log.info("cluster map epoch %d -> %d", self.map.epoch, cmap.epoch)
+        self.map = cmap
+        return True
+
+    async def refresh(self, client: NodeClient, sample: int = 3) -> bool:
+        """Ask a few available nodes for their map and adopt the newest."""
+        async with self._refresh_lock:
+            nodes = [n for n in self.live_nodes() if n.state != "removed"][:sample]
+            results = await asyncio.gather(*(client.get_map(n) for n in nodes), return_exceptions=True)
+            adopted = False
+            for r in results:
+                if isinstance(r, ClusterMap):
+                    adopted |= self.adopt(r)
+            return adopted
+
+    def all_nodes(self) -> tuple[NodeInfo, ...]:
+        return tuple(n for n in self.map.nodes if n.state != "removed")
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def _health(self, node_id: str) -> NodeHealth:
+        h = self.health.get(node_id)
+        if h is None:
+            h = self.health[node_id] = NodeHealth()
+        return h
+
+    def available(self, node: NodeInfo) -> bool:
+        return self._health(node.id).available(time.monotonic())
+
+    def live_nodes(self) -> list[NodeInfo]:
+        return [n for n in self.all_nodes() if self.available(n)]
+
+    def record_success(self, node: NodeInfo, latency: float | None = None) -> None:
+        self._health(node.id).success(latency)
+
+    def record_failure(self, node: NodeInfo) -> None:
+        if self._health(node.id).failure(time.monotonic()):
+            log.warning("node %s out of rotation after repeated failures", node.id)
+
+    def by_availability(self, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
+        """Available nodes first, keeping the given order within each group."""
+        nodes = list(nodes)
+        return [n for n in nodes if self.available(n)] + [n for n in nodes if not self.available(n)]
+
+    def hedge_delay(self) -> float:
+        """How long to wait for a shard before racing a spare: about twice the recent p90 latency."""
+        samples = [x for h in self.health.values() for x in h.latencies]
+        if len(samples) < 20:
+            return HEDGE_MAX / 2
+        p90 = quantiles(samples, n=10)[-1]
+        return min(HEDGE_MAX, max(HEDGE_MIN, 2 * p90))
