@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -246,7 +247,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 def chunked(payload: bytes, cuts: list[int]) -> list[bytes]:
     """The payload cut at the given offsets (duplicates give empty chunks, as a network may)."""
     bounds = [0, *sorted(c % (len(payload) + 1) for c in cuts), len(payload)]
-    return [payload[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [payload[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 async def feed(chunks: list[bytes], pulled: list[int] | None = None) -> AsyncIterator[bytes]:

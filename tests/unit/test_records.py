@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from objstore.cluster import ECProfile
-from objstore.records import SCHEMA_VERSION, KVRecord, ObjectRecord, PartRef, RecordError
+from objstore.records import (
+    SCHEMA_VERSION,
+    KVRecord,
+    ObjectRecord,
+    PartRef,
+    RecordError,
+)
 
 texts = st.text(max_size=24)  # any unicode, including NUL, accents and astral-plane characters
 str_maps = st.dictionaries(texts, texts, max_size=4)
