@@ -27,6 +27,7 @@ BATCH = 256 * 1024  # bytes gathered before hashing: big enough for a thread hop
 OFFLOAD_AT = 64 * 1024  # batches at least this big are hashed in the thread pool, smaller ones inline
 MAX_LINE = 4096  # longest chunk header or trailer line accepted
 MAX_TRAILERS = 16  # trailer lines accepted after the last chunk
+READ_ALL_LIMIT = 8 * 1024 * 1024  # read() without a size is for documents (XML), never for object data
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _CHUNK_HEADER = re.compile(rb"([0-9a-fA-F]{1,16})(?:;(.*))?")
@@ -129,28 +130,27 @@ class PayloadReader:
         return self._eof and not self._buffer
 
     async def read(self, n: int = -1) -> bytes:
-        """Return exactly `n` decoded bytes (fewer only at the end), or with n < 0 the next available
-        piece (at most one batch); b"" at EOF, after every check has passed."""
-        if n == 0:
-            return b""
-        want = n if n > 0 else 1
-        while len(self._buffer) < want and not self._eof:
-            batch = await self._next_batch()
-            if batch is None:
+        """With n < 0, the rest of the body, verified (at most READ_ALL_LIMIT bytes, else
+        MaxMessageLengthExceeded: for XML documents and small bodies). With n > 0, exactly `n`
+        bytes, fewer only at the end. b"" at EOF, after every check has passed."""
+        if n < 0:
+            return await self.read_all(READ_ALL_LIMIT)
+        while len(self._buffer) < n and not self._eof:
+            if not await self._fill():
                 break
-            for piece in batch:
-                self._buffer += piece
-        take = len(self._buffer) if n < 0 else min(n, len(self._buffer))
-        out = bytes(self._buffer[:take])
-        del self._buffer[:take]
-        self.bytes_read += len(out)
-        return out
+        return self._take(n)
+
+    async def readany(self) -> bytes:
+        """The next decoded piece, at most one batch (BATCH bytes); b"" at EOF, after every check has passed."""
+        if not self._buffer and not self._eof:
+            await self._fill()
+        return self._take(len(self._buffer))
 
     async def read_all(self, limit: int, error_code: str = "MaxMessageLengthExceeded") -> bytes:
-        """The whole (small) body, e.g. an XML document; S3Error(error_code) if it exceeds `limit` bytes."""
+        """The rest of the body, verified; S3Error(error_code) once it exceeds `limit` bytes."""
         parts: list[bytes] = []
         size = 0
-        while piece := await self.read():
+        while piece := await self.readany():
             size += len(piece)
             if size > limit:
                 raise S3Error(error_code)
@@ -161,8 +161,22 @@ class PayloadReader:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[bytes]:
-        while piece := await self.read():
+        while piece := await self.readany():
             yield piece
+
+    async def _fill(self) -> bool:
+        batch = await self._next_batch()
+        if batch is None:
+            return False
+        for piece in batch:
+            self._buffer += piece
+        return True
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self.bytes_read += len(out)
+        return out
 
     # ------------------------------------------------------------ setup
 
