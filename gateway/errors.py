@@ -152,7 +152,7 @@ class S3Error(Exception):
     message: str
     status: int
     resource: str | None
-    extra: dict[str, "XmlValue"]
+    extra: dict[str, XmlValue]
     headers: dict[str, str]
 
     def __init__(
@@ -186,7 +186,7 @@ def error_body(err: S3Error, request_id: str, resource: str) -> bytes:
     # Imported here because xmlio raises S3Error while parsing: errors is the lower layer.
     from gateway.xmlio import render
 
-    content: dict[str, "XmlValue"] = {
+    content: dict[str, XmlValue] = {
         "Code": err.code,
         "Message": err.message,
         "Resource": err.resource if err.resource is not None else resource,

@@ -373,15 +373,18 @@ class PayloadReader:
                     "XAmzContentSHA256Mismatch",
                     extra={"ClientComputedContentSHA256": self._expected_sha256, "S3ComputedContentSHA256": computed},
                 )
-        if self._md5 is not None and self._expected_md5 is not None:
-            if not hmac.compare_digest(self._md5.digest(), self._expected_md5):
-                raise S3Error(
-                    "BadDigest",
-                    extra={
-                        "ExpectedDigest": base64.b64encode(self._expected_md5).decode("ascii"),
-                        "CalculatedDigest": base64.b64encode(self._md5.digest()).decode("ascii"),
-                    },
-                )
+        if (
+            self._md5 is not None
+            and self._expected_md5 is not None
+            and not hmac.compare_digest(self._md5.digest(), self._expected_md5)
+        ):
+            raise S3Error(
+                "BadDigest",
+                extra={
+                    "ExpectedDigest": base64.b64encode(self._expected_md5).decode("ascii"),
+                    "CalculatedDigest": base64.b64encode(self._md5.digest()).decode("ascii"),
+                },
+            )
         if self._checksum is not None and self.checksum_algorithm is not None:
             computed = self._checksum.b64digest()
             expected = self._expected_checksum

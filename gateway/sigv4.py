@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
@@ -157,7 +157,7 @@ def _parse_credential(value: str, error: str) -> _Credential:
     # The access key itself may contain '/', so split from the right.
     parts = value.rsplit("/", 4)
     if len(parts) != 5 or parts[4] != "aws4_request" or not parts[0]:
-        raise S3Error(error, f"The credential is malformed; expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
+        raise S3Error(error, "The credential is malformed; expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".")
     return _Credential(*parts[:4])
 
 
@@ -165,7 +165,7 @@ def _parse_amz_date(value: str, error: str, what: str) -> float:
     try:
         if not _AMZ_DATE.fullmatch(value):
             raise ValueError(value)  # strptime alone would accept single-digit fields
-        return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise S3Error(error, f"{what} must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"") from None
 
@@ -254,7 +254,7 @@ class Authenticator:
         signed_names = ";".join(claim.signed_headers)
         first_attempt: tuple[str, str] | None = None
         for uri in canonical_uri_candidates(raw_path):
-            canonical = "\n".join([request.method, uri, query, canon_headers, signed_names, content_sha256])
+            canonical = f"{request.method}\n{uri}\n{query}\n{canon_headers}\n{signed_names}\n{content_sha256}"
             to_sign = string_to_sign(claim.amz_date, claim.credential.scope, canonical)
             if hmac.compare_digest(sign(key, to_sign), claim.signature):
                 break

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Union
+from datetime import UTC, datetime
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as safe_et
@@ -27,8 +26,8 @@ MAX_XML_BODY = 2 * 1024 * 1024  # no valid request document comes near this; a b
 #   Mapping -> child elements, in order;
 #   list of (name, value) pairs -> child elements, in order, names may repeat (e.g. Version/DeleteMarker);
 #   any other list under a name -> that element repeated once per item (e.g. "Contents": [...]).
-XmlValue = Union[str, int, float, bool, datetime, None, Mapping[str, "XmlValue"], Sequence["XmlValue"]]
-XmlContent = Union[Mapping[str, XmlValue], Sequence[tuple[str, XmlValue]]]
+XmlValue = str | int | float | bool | datetime | None | Mapping[str, "XmlValue"] | Sequence["XmlValue"]
+XmlContent = Mapping[str, XmlValue] | Sequence[tuple[str, XmlValue]]
 
 # Characters XML 1.0 cannot carry literally; object keys may contain them, so they become
 # character references instead of making the whole document unparseable.
@@ -46,7 +45,7 @@ def escape(text: str) -> str:
 def format_timestamp(t: datetime) -> str:
     """S3's timestamp format in XML: 2009-10-12T17:50:30.000Z, always UTC."""
     if t.tzinfo is not None:
-        t = t.astimezone(timezone.utc)
+        t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
@@ -58,7 +57,7 @@ def _is_pairs(value: object) -> bool:
     )
 
 
-def _text(value: str | int | float | bool | datetime) -> str:
+def _text(value: str | float | bool | datetime) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import botocore.session
 import pytest
@@ -137,9 +137,9 @@ def test_botocore_parses_rendered_listing() -> None:
         "MaxKeys": 1000,
         "IsTruncated": False,
         "Contents": [
-            {"Key": "a&b", "LastModified": datetime(2024, 1, 2, tzinfo=timezone.utc), "ETag": '"x"', "Size": 5,
+            {"Key": "a&b", "LastModified": datetime(2024, 1, 2, tzinfo=UTC), "ETag": '"x"', "Size": 5,
              "StorageClass": "STANDARD"},
-            {"Key": "ü/<c>", "LastModified": datetime(2024, 1, 3, tzinfo=timezone.utc), "ETag": '"y"', "Size": 0,
+            {"Key": "ü/<c>", "LastModified": datetime(2024, 1, 3, tzinfo=UTC), "ETag": '"y"', "Size": 0,
              "StorageClass": "STANDARD"},
         ],
     })
@@ -202,8 +202,8 @@ def objects_xml(n: int) -> bytes:
     (xmlio.parse_complete_multipart_upload, parts_xml(["x"]), "MalformedXML"),
     (xmlio.parse_complete_multipart_upload, parts_xml([]), "MalformedXML"),
     (xmlio.parse_complete_multipart_upload, parts_xml(list(range(1, 10002))), "MalformedXML"),
-    (xmlio.parse_complete_multipart_upload, b"<CompleteMultipartUpload><Part><ETag>e</ETag></Part>"
-     b"</CompleteMultipartUpload>", "MalformedXML"),
+    (xmlio.parse_complete_multipart_upload,
+     b"<CompleteMultipartUpload><Part><ETag>e</ETag></Part></CompleteMultipartUpload>", "MalformedXML"),
     (xmlio.parse_delete, objects_xml(1001), "MalformedXML"),
     (xmlio.parse_delete, objects_xml(0), "MalformedXML"),
     (xmlio.parse_delete, b"<Delete><Object><VersionId>v</VersionId></Object></Delete>", "MalformedXML"),
@@ -211,8 +211,8 @@ def objects_xml(n: int) -> bytes:
     (xmlio.parse_delete, b"<Other><Object><Key>k</Key></Object></Other>", "MalformedXML"),
     (xmlio.parse_delete, b"<Delete><Object><Key>k</Key>", "MalformedXML"),
     (xmlio.parse_delete, b"\xff\xfe not xml", "MalformedXML"),
-    (xmlio.parse_versioning_configuration, b"<VersioningConfiguration><Status>On</Status>"
-     b"</VersioningConfiguration>", "MalformedXML"),
+    (xmlio.parse_versioning_configuration,
+     b"<VersioningConfiguration><Status>On</Status></VersioningConfiguration>", "MalformedXML"),
     (xmlio.parse_create_bucket, b"<CreateBucketConfiguration>" + b" " * (xmlio.MAX_XML_BODY + 1)
      + b"</CreateBucketConfiguration>", "MalformedXML"),
 ])

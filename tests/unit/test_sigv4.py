@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ssl
 import hashlib
 import hmac
+import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from unittest import mock
 from urllib.parse import quote, urlsplit
 
@@ -229,7 +229,7 @@ def header_signed(method: str = "GET", url: str = f"http://{HOST}/b/k", **header
 
 async def test_request_time_skew() -> None:
     for shift in (901, -901):
-        auth = Authenticator(USERS, REGION, clock=lambda: time.time() + shift)
+        auth = Authenticator(USERS, REGION, clock=lambda shift=shift: time.time() + shift)
         err = await fails(verify(auth, header_signed()))
         assert (err.code, err.status) == ("RequestTimeTooSkewed", 403)
         assert err.extra["MaxAllowedSkewMilliseconds"] == 900000
@@ -278,7 +278,7 @@ async def test_reencoded_path_is_accepted() -> None:
 
 # AWS's published example of a signed chunked upload ("Transferring payload in multiple chunks").
 EX_AK, EX_SK = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-EX_TIME = datetime(2013, 5, 24, tzinfo=timezone.utc).timestamp()
+EX_TIME = datetime(2013, 5, 24, tzinfo=UTC).timestamp()
 EX_SEED = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
 EX_CHUNKS = [
     (65536, "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648"),
@@ -294,9 +294,9 @@ def aws_example(body: bytes | None = None) -> tuple[Authenticator, web.Request]:
         ("Host", "s3.amazonaws.com"),
         ("x-amz-date", "20130524T000000Z"),
         ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-        ("Authorization", f"AWS4-HMAC-SHA256 Credential={EX_AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders="
+        ("Authorization", (f"AWS4-HMAC-SHA256 Credential={EX_AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders="
          "content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;"
-         f"x-amz-storage-class,Signature={EX_SEED}"),
+         f"x-amz-storage-class,Signature={EX_SEED}")),
         ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
         ("Content-Encoding", "aws-chunked"),
         ("x-amz-decoded-content-length", "66560"),
@@ -358,8 +358,8 @@ def chunked_request(
                           key=lambda h: h[0].lower())), ";".join(signed), mode])
     to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
     previous = hmac_hex(key, to_sign)
-    headers.append(("Authorization", f"AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={';'.join(signed)}, "
-                    f"Signature={previous}"))
+    authorization = f"AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={';'.join(signed)}, Signature={previous}"
+    headers.append(("Authorization", authorization))
     signed_chunks = mode.startswith("STREAMING-AWS4-HMAC-SHA256")
     body = b""
     empty = hashlib.sha256(b"").hexdigest()
