@@ -63,7 +63,7 @@ class PayloadReader:
     Every check that needs the whole body (x-amz-content-sha256, chunk signatures,
     trailer signature, decoded length, Content-MD5, x-amz-checksum-*) raises S3Error
     at the latest from the read that reaches EOF. Bytes returned before EOF are not
-    yet proven: nothing may become visible until `read()` has returned b"".
+    yet proven: nothing may become visible until a read has returned b"" (or `at_eof`).
     """
 
     trailers: dict[str, str]  # trailer headers (lower-case names) once EOF is reached
@@ -81,7 +81,6 @@ class PayloadReader:
         verifier: ChunkVerifier | None = None,
     ) -> None:
         self._content = content
-        self._mode = content_sha256
         self._verifier = verifier
         self.trailers = {}
         self.bytes_read = 0
