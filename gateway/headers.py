@@ -39,6 +39,12 @@ class ObjectMeta:
 def meta_from_request(headers: Mapping[str, str]) -> ObjectMeta:
     """Content-Type, the stored standard headers and x-amz-meta-* of a PUT, copy with REPLACE or multipart create."""
     stored = {h: headers[h] for h in STORED_HEADERS if h in headers}
+    if "Content-Encoding" in stored:  # aws-chunked is how the body travelled, not what it is
+        codings = [c.strip() for c in stored["Content-Encoding"].split(",") if c.strip() != "aws-chunked"]
+        if codings:
+            stored["Content-Encoding"] = ", ".join(codings)
+        else:
+            del stored["Content-Encoding"]
     meta = {k[len(META_PREFIX):].lower(): v for k, v in headers.items() if k.lower().startswith(META_PREFIX)}
     if sum(len(k) + len(v) for k, v in meta.items()) > MAX_META_BYTES:
         raise S3Error("MetadataTooLarge")

@@ -190,7 +190,7 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     users = {u.access_key: u for u in cfg.users}
     kv = ReplicatedKV(client, background)
     gw = Gateway(cfg, view, client, ObjectIO(view, client, executor, background), kv, Buckets(view, kv), Authenticator(users, cfg.region), executor, background, users)
-    app = web.Application(middlewares=[s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536})
+    app = web.Application(middlewares=[s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
     app[GATEWAY] = gw
     app.router.add_get("/_objstore/health", handle_health)
     app.router.add_route("*", "/{tail:.*}", handle_s3)

@@ -161,7 +161,7 @@ class ObjectIO:
     async def _inline_blob(self, ring: Ring, partition: int, blob: str, payload: bytes,
                            on_payload: Callable[[bytes], None] | None) -> BlobWrite:
         ec = ring.ec
-        stripe_codec = codec.StripeCodec(ec)
+        stripe_codec = codec.codec_for(ec)
         loop = asyncio.get_running_loop()
 
         def encode_all() -> list[bytearray]:
@@ -225,9 +225,9 @@ class ObjectIO:
             return ShardWrite(i, node, sums, handoff)
 
         async def feed() -> None:
-            async for blocks in codec.encode_stream(source, ec, self.executor, count):
-                for i, b in enumerate(blocks):
-                    expected[i].append(codec.block_checksum(b))
+            async for blocks, sums in codec.encode_stream_checked(source, ec, self.executor, count):
+                for i, c in enumerate(sums):
+                    expected[i].append(c)
                 live = [i for i in range(ec.width) if alive[i]]
                 if len(live) < ec.k + 1:
                     raise WriteFailed(f"only {len(live)} shard uploads left, need {ec.k + 1}")
@@ -444,6 +444,121 @@ class ObjectIO:
         finally:
             await reader.close()
 
+    # -- rebuilding (repair) -------------------------------------------------------------------------
+
+    async def rebuild(self, ring: Ring, obj: ObjectVersion, targets: dict[int, NodeInfo],
+                      throttle: Callable[[int], Any] | None = None) -> list[tuple[int, NodeInfo]]:
+        """Recreate shard indexes `targets` (index -> node) of a version from any k healthy shards.
+
+        Each target receives its rebuilt blobs, then its record. Returns the (index, node) pairs done.
+        `throttle(nbytes)` is awaited for every rebuilt block, so repair can cap its bandwidth.
+        """
+        rec = obj.record
+        ec = rec.ec
+        partition = ring.partition_of(rec.bucket, rec.key)
+        owners = {n.id for n in ring.owners(partition)}
+        per_target: dict[int, list[PartRef]] = {i: [] for i in targets}
+        for part in rec.parts:
+            rebuilt = await self._rebuild_part(obj, part, ec, partition, targets, throttle)
+            for i, ref in rebuilt.items():
+                per_target[i].append(ref)
+        done = []
+        for i, node in targets.items():
+            new = replace(rec, shard=i, parts=per_target[i], handoff=node.id not in owners)
+            try:
+                await self._timed(node, self.client.put_record(node, new))
+            except (NodeError, OSError, asyncio.TimeoutError) as e:
+                log.warning("repair: record of %s/%s shard %d on %s failed: %s", rec.bucket, rec.key, i, node.id, e)
+                continue
+            done.append((i, node))
+        return done
+
+    async def _rebuild_part(self, obj: ObjectVersion, part: PartRef, ec: ECProfile, partition: int,
+                            targets: dict[int, NodeInfo], throttle: Callable[[int], Any] | None
+                            ) -> dict[int, PartRef]:
+        want = sorted(targets)
+        sources = obj.sources(part.number)
+        if part.size == 0 or any(s.part.inline is not None for srcs in sources.values() for s in srcs):
+            return await self._rebuild_inline(obj, part, ec, want)
+        reader = _PartReader(self, obj, part, ec, 0, part.size)
+        queues: dict[int, asyncio.Queue[bytes | None]] = {i: asyncio.Queue(SHARD_QUEUE_DEPTH) for i in want}
+        sums: dict[int, list[int]] = {i: [] for i in want}
+
+        async def body(i: int) -> AsyncIterator[bytes]:
+            while (block := await queues[i].get()) is not None:
+                yield block
+
+        uploads = {i: asyncio.ensure_future(self.client.put_blob(targets[i], part.blob, i, partition,
+                                                                 ec.block_size, body(i))) for i in want}
+        try:
+            loop = asyncio.get_running_loop()
+            async for _, blocks in reader.stripes():
+                made = await loop.run_in_executor(self.executor, self.codec_rebuild, ec, blocks, want)
+                for i in want:
+                    sums[i].append(codec.block_checksum(made[i]))
+                    if not uploads[i].done():
+                        await queues[i].put(made[i])
+                    if throttle is not None:
+                        await throttle(len(made[i]))
+            for i in want:
+                if not uploads[i].done():
+                    await queues[i].put(None)
+        except BaseException:
+            for t in uploads.values():
+                t.cancel()
+            await asyncio.gather(*uploads.values(), return_exceptions=True)
+            raise
+        finally:
+            await reader.close()
+        out = {}
+        for i in want:
+            try:
+                got = await uploads[i]
+            except (NodeError, OSError, asyncio.TimeoutError) as e:
+                log.warning("repair: blob %s.%d on %s failed: %s", part.blob, i, targets[i].id, e)
+                continue
+            if got != sums[i]:
+                log.warning("repair: blob %s.%d on %s came back with other checksums", part.blob, i, targets[i].id)
+                continue
+            out[i] = replace(part, checksums=sums[i], inline=None, present=True)
+        return out
+
+    @staticmethod
+    def codec_rebuild(ec: ECProfile, blocks: dict[int, bytes], want: list[int]) -> dict[int, bytes]:
+        have = {i: b for i, b in blocks.items()}
+        missing = [i for i in want if i not in have]
+        made = codec.codec_for(ec).rebuild(have, missing) if missing else {}
+        return {i: have[i] if i in have else made[i] for i in want}
+
+    async def _rebuild_inline(self, obj: ObjectVersion, part: PartRef, ec: ECProfile, want: list[int]
+                              ) -> dict[int, PartRef]:
+        """Small shards travel in records: rebuild them from the inline bytes of k other records."""
+        shards: dict[int, bytes] = {}
+        for idx, sources in obj.sources(part.number).items():
+            for src in sources:
+                if src.part.inline is not None:
+                    try:
+                        codec.verify_block(src.part.inline[:ec.block_size], src.part.checksums[0], "inline")
+                    except (codec.ChecksumError, IndexError):
+                        if part.size:
+                            continue
+                    shards[idx] = src.part.inline
+                    break
+        if part.size == 0:
+            return {i: replace(part, checksums=[], inline=b"", present=True) for i in want}
+        if len(shards) < ec.k:
+            raise ReadFailed(f"only {len(shards)} inline shards of {part.blob}, need {ec.k}")
+        out: dict[int, bytearray] = {i: bytearray() for i in want}
+        for stripe in range(codec.stripe_count(part.size, ec)):
+            blen = codec.block_len(part.size, ec, stripe)
+            start = stripe * ec.block_size
+            blocks = {i: s[start:start + blen] for i, s in shards.items()}
+            made = self.codec_rebuild(ec, blocks, want)
+            for i in want:
+                out[i] += made[i]
+        return {i: replace(part, checksums=codec.shard_checksums(bytes(b), ec.block_size), inline=bytes(b),
+                           present=True) for i, b in out.items()}
+
 
 def _sums_for(bw: BlobWrite, index: int) -> list[int]:
     for s in bw.shards:
@@ -458,7 +573,7 @@ class _PartReader:
     def __init__(self, io: ObjectIO, obj: ObjectVersion, part: PartRef, ec: ECProfile, offset: int, length: int):
         self.io, self.part, self.ec = io, part, ec
         self.offset, self.length = offset, length
-        self.codec = codec.StripeCodec(ec)
+        self.codec = codec.codec_for(ec)
         self.first, self.last = codec.range_to_stripes(offset, length, part.size, ec)
         sources = obj.sources(part.number)
         # Data shards first (no decode needed), then parity; available nodes first within each index.
@@ -482,17 +597,20 @@ class _PartReader:
         self.open[src.index] = stream
         return stream
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        k = self.ec.k
-        for _ in range(k):
+    async def stripes(self) -> AsyncIterator[tuple[int, dict[int, bytes]]]:
+        """At least k verified blocks of every stripe in the range, by shard index."""
+        for _ in range(self.ec.k):
             src = self._next_candidate()
             if src is None:
                 break
             self._open(src, self.first)
-        stripe_start = self.first * self.ec.stripe_size
         for stripe in range(self.first, self.last + 1):
-            blen = codec.block_len(self.part.size, self.ec, stripe)
-            blocks = await self._stripe_blocks(stripe, blen)
+            yield stripe, await self._stripe_blocks(stripe, codec.block_len(self.part.size, self.ec, stripe))
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        k = self.ec.k
+        stripe_start = self.first * self.ec.stripe_size
+        async for stripe, blocks in self.stripes():
             payload_len = codec.stripe_payload_len(self.part.size, self.ec, stripe)
             if all(i in blocks for i in range(k)):
                 payload = b"".join(blocks[i] for i in range(k))[:payload_len]
