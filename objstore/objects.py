@@ -358,14 +358,14 @@ class ObjectIO:
         owners = self.view.by_availability(ring.owners(partition))
         need = max(1, min(len(owners), ec.k))
 
-        async def newest(node: NodeInfo) -> tuple[NodeInfo, ObjectRecord | None]:
+        async def newest(node: NodeInfo) -> tuple[NodeInfo, list[ObjectRecord]]:
             return node, await self._timed(node, self.client.get_record(node, bucket, key, version))
 
         try:
             answers = await quorum(owners, newest, need=need, parallel=len(owners), background=self.background)
         except QuorumError as e:
             answers = e.successes
-        records = [(n, r) for _, (n, r) in answers if r is not None]
+        records = [(n, r) for _, (n, recs) in answers for r in recs]
         found = visible_versions(records, ec.k)
         if found and found[0].record.version == max(r.version for _, r in records):
             return await self._complete(ring, partition, found[0])
@@ -392,8 +392,7 @@ class ObjectIO:
 
         async def versions(node: NodeInfo) -> list[tuple[NodeInfo, ObjectRecord]]:
             if version is not None:
-                rec = await self._timed(node, self.client.get_record(node, bucket, key, version))
-                return [(node, rec)] if rec else []
+                return [(node, r) for r in await self._timed(node, self.client.get_record(node, bucket, key, version))]
             return [(node, r) for r in await self._timed(node, self.client.get_versions(node, bucket, key))]
 
         calls = [versions(n) for n in nodes]

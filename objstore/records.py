@@ -166,3 +166,24 @@ class KVRecord:
         return cls(ns=_field(d, "ns", str, k), name=_field(d, "name", str, k),
                    version=_field(d, "version", str, k), value=_field(d, "value", dict, k),
                    deleted=_field(d, "deleted", bool, k))
+
+
+@dataclass
+class ListEntry:
+    """One row of a node's sorted listing: a record without its payload details."""
+
+    key: str
+    version: str
+    deleted: bool
+    size: int
+    etag: str
+    created: int
+    shard: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.key, self.version, self.deleted, self.size, self.etag, self.created, self.shard]
+
+    @classmethod
+    def from_wire(cls, row: Any) -> ListEntry:
+        _check(isinstance(row, list) and len(row) == 7, "list entry must have 7 fields")
+        return cls(*row)

@@ -1,0 +1,210 @@
+"""Async client of the node RPC: one pooled session, signed requests, timeouts, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import msgpack
+from yarl import URL
+
+from objstore import auth
+from objstore.cluster import ClusterMap, NodeInfo
+from objstore.records import KVRecord, ListEntry, ObjectRecord
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("objstore_request_id", default=None)
+"""The request id of the client request being served; sent to nodes so logs can be joined."""
+
+
+class NodeError(Exception):
+    """A node answered with an error, or could not be reached."""
+
+    def __init__(self, node_id: str, status: int, message: str) -> None:
+        self.node_id, self.status, self.message = node_id, status, message
+        super().__init__(f"node {node_id}: {status} {message}")
+
+
+class NodeUnavailable(NodeError):
+    """Connection refused, reset or timed out."""
+
+
+class NotFound(NodeError):
+    pass
+
+
+class ShardCorrupt(NodeError):
+    pass
+
+
+class DiskFull(NodeError):
+    pass
+
+
+def _error_for(node: NodeInfo, status: int, body: bytes) -> NodeError:
+    try:
+        info = msgpack.unpackb(body, raw=False)
+        code, message = info.get("code", ""), info.get("message", "")
+    except Exception:
+        code, message = "", body[:200].decode("utf-8", "replace")
+    if status == 404:
+        return NotFound(node.id, status, message)
+    if status == 409 and code == "corrupt":
+        return ShardCorrupt(node.id, status, message)
+    if status == 507:
+        return DiskFull(node.id, status, message)
+    return NodeError(node.id, status, f"{code}: {message}")
+
+
+class BlobReader:
+    """An open shard read: exact reads of the streamed body."""
+
+    def __init__(self, node: NodeInfo, resp: aiohttp.ClientResponse) -> None:
+        self.node, self.resp = node, resp
+
+    async def read_exactly(self, n: int) -> bytes:
+        try:
+            return await self.resp.content.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            raise NodeUnavailable(self.node.id, 0, f"shard stream ended after {len(e.partial)} of {n} bytes") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise NodeUnavailable(self.node.id, 0, f"{type(e).__name__}: {e}") from None
+
+    async def iter_chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        async for chunk in self.resp.content.iter_chunked(size):
+            yield chunk
+
+
+class NodeClient:
+    """Talks to every node of the cluster through one connection pool."""
+
+    def __init__(self, secret: str, timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
+        self.secret = secret
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout,
+                                             sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _prepare(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None) -> tuple[URL, dict[str, str]]:
+        qs = urlencode({k: v for k, v in (params or {}).items() if v is not None}, quote_via=quote)
+        path_qs = f"{path}?{qs}" if qs else path
+        headers = auth.sign(self.secret, method, path_qs)
+        rid = REQUEST_ID.get()
+        if rid:
+            headers["X-Request-Id"] = rid
+        return URL(f"{node.url}{path_qs}", encoded=True), headers
+
+    async def _call(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
+                    data: Any = None, ok404: bool = False) -> bytes | None:
+        url, headers = self._prepare(node, method, path, params)
+        try:
+            async with self._sess().request(method, url, headers=headers, data=data) as resp:
+                body = await resp.read()
+                if resp.status == 404 and ok404:
+                    return None
+                if resp.status >= 300:
+                    raise _error_for(node, resp.status, body)
+                return body
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
+
+    async def _unpack(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
+                      data: Any = None) -> Any:
+        body = await self._call(node, method, path, params, data)
+        return msgpack.unpackb(body or b"\xc0", raw=False)
+
+    # -- RPCs ------------------------------------------------------------------------------------
+
+    async def health(self, node: NodeInfo) -> dict[str, Any]:
+        return json.loads(await self._call(node, "GET", "/health") or b"{}")
+
+    async def put_blob(self, node: NodeInfo, blob: str, shard: int, partition: int, block_size: int,
+                       body: AsyncIterable[bytes]) -> list[int]:
+        result = await self._unpack(node, "PUT", "/blob", {"blob": blob, "shard": shard, "partition": partition,
+                                                           "block_size": block_size}, body)
+        return list(result["checksums"])
+
+    @asynccontextmanager
+    async def open_blob(self, node: NodeInfo, blob: str, shard: int, offset: int = 0,
+                        length: int | None = None) -> AsyncIterator[BlobReader]:
+        url, headers = self._prepare(node, "GET", "/blob", {"blob": blob, "shard": shard, "offset": offset,
+                                                             "length": length})
+        try:
+            resp = await self._sess().get(url, headers=headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
+        try:
+            if resp.status != 200:
+                raise _error_for(node, resp.status, await resp.read())
+            yield BlobReader(node, resp)
+        finally:
+            resp.release() if resp.content.at_eof() else resp.close()
+
+    async def delete_blob(self, node: NodeInfo, blob: str, shard: int) -> None:
+        await self._call(node, "DELETE", "/blob", {"blob": blob, "shard": shard})
+
+    async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> None:
+        await self._call(node, "PUT", "/record", data=rec.pack())
+
+    async def get_record(self, node: NodeInfo, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
+        """The node's records (one per shard it holds) of the newest version, or of `version`."""
+        packed = await self._unpack(node, "GET", "/record", {"bucket": bucket, "key": key, "version": version})
+        return [ObjectRecord.unpack(p) for p in packed]
+
+    async def get_versions(self, node: NodeInfo, bucket: str, key: str) -> list[ObjectRecord]:
+        packed = await self._unpack(node, "GET", "/versions", {"bucket": bucket, "key": key})
+        return [ObjectRecord.unpack(p) for p in packed]
+
+    async def delete_record(self, node: NodeInfo, bucket: str, key: str, version: str) -> None:
+        await self._call(node, "DELETE", "/record", {"bucket": bucket, "key": key, "version": version})
+
+    async def list_entries(self, node: NodeInfo, bucket: str, prefix: str = "", start_after: str = "",
+                           limit: int = 1000, versions: bool = False) -> list[ListEntry]:
+        rows = await self._unpack(node, "GET", "/list", {"bucket": bucket, "prefix": prefix,
+                                                         "start_after": start_after, "limit": limit,
+                                                         "versions": "1" if versions else "0"})
+        return [ListEntry.from_wire(r) for r in rows]
+
+    async def partition_digest(self, node: NodeInfo, partition: int) -> tuple[str, int]:
+        d = await self._unpack(node, "GET", f"/partition/{partition}/digest")
+        return d["digest"], d["count"]
+
+    async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool]]:
+        return [tuple(r) for r in await self._unpack(node, "GET", f"/partition/{partition}/records")]  # type: ignore[misc]
+
+    async def put_kv(self, node: NodeInfo, rec: KVRecord) -> None:
+        await self._call(node, "PUT", "/kv", data=rec.pack())
+
+    async def get_kv(self, node: NodeInfo, ns: str, name: str) -> KVRecord | None:
+        body = await self._call(node, "GET", "/kv", {"ns": ns, "name": name}, ok404=True)
+        return KVRecord.unpack(body) if body is not None else None
+
+    async def list_kv(self, node: NodeInfo, ns: str, prefix: str = "") -> list[KVRecord]:
+        return [KVRecord.unpack(p) for p in await self._unpack(node, "GET", "/kvlist", {"ns": ns, "prefix": prefix})]
+
+    async def get_map(self, node: NodeInfo) -> ClusterMap:
+        return ClusterMap.from_dict(json.loads(await self._call(node, "GET", "/map") or b"{}"))
+
+    async def put_map(self, node: NodeInfo, cmap: ClusterMap) -> dict[str, Any]:
+        return json.loads(await self._call(node, "PUT", "/map", data=cmap.to_json().encode()) or b"{}")
