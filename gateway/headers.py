@@ -134,10 +134,10 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if end < start:
-        return None
     if start >= size:
         raise _invalid_range(size)
+    if end < start:
+        return None
     end = min(end, size - 1)
     return start, end - start + 1
 

@@ -165,8 +165,10 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
     obj = await _current(gw, bucket, req.key, req.query.get("versionId"))
     rec = obj.record
     check_conditions(req.headers, rec)
+    # The stored checksum covers the whole object: S3 sends it only with whole-object answers.
+    whole = "partNumber" not in req.query and parse_range(req.headers.get("Range"), rec.size) is None
     headers = object_headers(rec, shown_version(bucket, rec.version), req.query,
-                             checksum_mode=req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED")
+                             checksum_mode=whole and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED")
     status = 200
     offset, length = 0, rec.size
     if "partNumber" in req.query:
@@ -182,8 +184,10 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
             status = 206
             headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{rec.size}"
     if head:
-        resp = web.Response(status=status, headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = length
+        await resp.prepare(req.http)
+        await resp.write_eof()
         return resp
     chunks = gw.io.read(obj, offset, length).__aiter__()
     first = b""
