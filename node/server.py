@@ -19,7 +19,6 @@ import xxhash
 from aiohttp import web
 
 from objstore import auth
-from objstore.client import NodeClient
 from objstore.cluster import ClusterMap, ClusterMapError
 from objstore.config import NodeConfig
 from objstore.records import KVRecord, ObjectRecord, RecordError
@@ -46,6 +45,7 @@ class Node:
     disk: ThreadPoolExecutor
     started: float = field(default_factory=time.monotonic)
     peers: dict[str, PeerState] = field(default_factory=dict)
+    loops: Any = None  # node.loops.Loops once the app runs
 
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.disk, fn, *args)
@@ -65,6 +65,8 @@ class Node:
         if cmap.epoch <= self.cmap.epoch:
             return False
         self.cmap = cmap
+        if self.loops is not None:
+            self.loops.view.adopt(cmap)
         cmap.save(Path(self.cfg.data_dir) / "cluster.json")
         log.info("adopted cluster map epoch %d", cmap.epoch)
         return True
@@ -246,6 +248,11 @@ async def partition_records(request: web.Request) -> web.Response:
     return _packed([list(s) for s in await node.run(node.store.partition_summaries, int(request.match_info["p"]))])
 
 
+async def partitions_held(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return _packed(await node.run(node.store.partitions_held))
+
+
 async def put_kv(request: web.Request) -> web.Response:
     node = request.app[NODE]
     rec = KVRecord.unpack(await request.read())
@@ -289,29 +296,8 @@ async def health(request: web.Request) -> web.Response:
         "id": node.cfg.id, "epoch": node.cmap.epoch, "uptime": time.monotonic() - node.started,
         "disk_total": usage.total, "disk_free": usage.free, **counts,
         "peers": {n.id: node.peer_state(n.id) for n in node.cmap.nodes if n.state != "removed"},
+        **(node.loops.report() if node.loops else {}),
     })
-
-
-async def heartbeat_loop(node: Node, client: NodeClient) -> None:
-    """Ping every peer; learn newer maps from them (gossip), remember when each last answered."""
-    while True:
-        peers = [n for n in node.cmap.nodes if n.id != node.cfg.id and n.state != "removed"]
-
-        async def ping(peer: Any) -> None:
-            try:
-                info = await asyncio.wait_for(client.health(peer), timeout=max(1.0, node.cfg.heartbeat_interval * 2))
-            except Exception:
-                return
-            state = node.peers.setdefault(peer.id, PeerState())
-            state.last_ok, state.epoch = time.monotonic(), int(info.get("epoch", 0))
-            if state.epoch > node.cmap.epoch:
-                try:
-                    await node.run(node.adopt_map, await client.get_map(peer))
-                except Exception as e:
-                    log.warning("pulling map from %s failed: %s", peer.id, e)
-
-        await asyncio.gather(*(ping(p) for p in peers))
-        await asyncio.sleep(node.cfg.heartbeat_interval)
 
 
 def initial_map(cfg: NodeConfig) -> ClusterMap:
@@ -344,6 +330,7 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None) -> web.Applicatio
     r.add_get("/list", list_entries)
     r.add_get("/partition/{p}/digest", partition_digest)
     r.add_get("/partition/{p}/records", partition_records)
+    r.add_get("/partitions", partitions_held)
     r.add_put("/kv", put_kv)
     r.add_get("/kv", get_kv)
     r.add_get("/kvlist", list_kv)
@@ -352,12 +339,16 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None) -> web.Applicatio
     r.add_get("/health", health)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-        client = NodeClient(cfg.secret, timeout=10.0)
-        beat = asyncio.create_task(heartbeat_loop(node, client))
+        from node.loops import Loops
+
+        loops = Loops(node)
+        node.loops = loops
+        tasks = loops.start()
         yield
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
-        await client.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await loops.close()
         node.disk.shutdown(wait=True)
 
     app.cleanup_ctx.append(lifecycle)

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import xxhash
 
-from objstore.records import KVRecord, ListEntry, ObjectRecord
+from objstore.records import KVRecord, ListEntry, ObjectRecord, RecordError
 from objstore.ring import partition_of
 
 SCHEMA = """
@@ -293,28 +293,50 @@ class Store:
             out.append(ListEntry(key, version, bool(deleted), size, etag, created, shard))
         return out
 
-    def partition_summaries(self, partition: int) -> list[tuple[str, str, str, int, bool]]:
-        rows = self._db().execute(
-            "SELECT bucket, key, version, shard, deleted FROM objects WHERE partition=? "
-            "ORDER BY bucket, key, version, shard", (partition,)).fetchall()
-        return [(b, k, v, s, bool(d)) for b, k, v, s, d in rows]
+    def partition_summaries(self, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
+        """(bucket, key, version, shard, deleted, healthy) of every record in a partition, sorted.
+
+        healthy: the record reads back and every shard file it names is here and not quarantined.
+        """
+        db = self._db()
+        bad = {(b, s) for b, s in db.execute("SELECT blob, shard FROM blobs WHERE partition=? AND state='corrupt'",
+                                              (partition,))}
+        have = {(b, s) for b, s in db.execute("SELECT blob, shard FROM blobs WHERE partition=? AND state!='corrupt'",
+                                               (partition,))}
+        out = []
+        for b, k, v, shard, d, packed in db.execute(
+                "SELECT bucket, key, version, shard, deleted, record FROM objects WHERE partition=? "
+                "ORDER BY bucket, key, version, shard", (partition,)):
+            try:
+                rec = ObjectRecord.unpack(packed)
+                healthy = all(p.inline is not None or not p.present or
+                              ((p.blob, shard) in have and (p.blob, shard) not in bad) for p in rec.parts)
+                healthy = healthy and all(p.present for p in rec.parts)
+            except RecordError:
+                self.corrupt_found += 1
+                healthy = False
+            out.append((b, k, v, shard, bool(d), healthy))
+        return out
 
     def partition_digest(self, partition: int) -> tuple[str, int]:
-        """xxh3 over the sorted (bucket, key, version, deleted) of a partition, and the version count.
+        """xxh3 over the sorted (bucket, key, version, deleted) of the healthy records, and their count.
 
         Shard indexes are left out on purpose: owners hold different indexes of the same versions,
-        so equal digests mean the owners agree on which versions exist.
+        so equal digests mean the owners agree on which versions they hold intact.
         """
         h = xxhash.xxh3_64()
         n = 0
         last = None
-        for b, k, v, _, d in self.partition_summaries(partition):
-            if (b, k, v) == last:
+        for b, k, v, _, d, healthy in self.partition_summaries(partition):
+            if not healthy or (b, k, v) == last:
                 continue
             last = (b, k, v)
             h.update(msgpack.packb((b, k, v, d)))
             n += 1
         return h.hexdigest(), n
+
+    def partitions_held(self) -> list[int]:
+        return [p for (p,) in self._db().execute("SELECT DISTINCT partition FROM objects ORDER BY partition")]
 
     def counts(self) -> dict[str, int]:
         db = self._db()

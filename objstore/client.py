@@ -190,8 +190,13 @@ class NodeClient:
         d = await self._unpack(node, "GET", f"/partition/{partition}/digest")
         return d["digest"], d["count"]
 
-    async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool]]:
+    async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
+        """(bucket, key, version, shard, deleted, healthy) of every record the node holds in a partition."""
         return [tuple(r) for r in await self._unpack(node, "GET", f"/partition/{partition}/records")]  # type: ignore[misc]
+
+    async def partitions_held(self, node: NodeInfo) -> list[int]:
+        """The partitions the node holds any record of."""
+        return list(await self._unpack(node, "GET", "/partitions"))
 
     async def put_kv(self, node: NodeInfo, rec: KVRecord) -> None:
         await self._call(node, "PUT", "/kv", data=rec.pack())

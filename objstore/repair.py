@@ -1,0 +1,277 @@
+"""Anti-entropy: compare what the nodes hold per partition, rebuild missing shards, move data home, remove garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from objstore.client import NodeClient, NodeError
+from objstore.cluster import DEFAULT_POOL, NodeInfo
+from objstore.objects import ObjectIO, ReadFailed
+from objstore.ring import Ring
+from objstore.versions import version_time_ns, wall_ns
+from objstore.view import ClusterView
+
+log = logging.getLogger("objstore.repair")
+
+Summary = tuple[str, str, str, int, bool, bool]  # bucket, key, version, shard, deleted, healthy
+
+
+@dataclass
+class RepairStats:
+    """What one pass saw and did; sums over the partitions this repairer led."""
+
+    partitions_total: int = 0
+    partitions_scanned: int = 0
+    partitions_in_sync: int = 0
+    objects_total: int = 0
+    objects_degraded: int = 0
+    objects_unreadable: int = 0
+    objects_scanned: int = 0
+    objects_rebuilt: int = 0
+    objects_remaining: int = 0
+    shards_rebuilt: int = 0
+    bytes_rebuilt: int = 0
+    bytes_remaining: int = 0
+    handoffs_removed: int = 0
+    garbage_removed: int = 0
+    failures: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass
+class Task:
+    """One version to bring back to full redundancy on its owners."""
+
+    ring: Ring
+    bucket: str
+    key: str
+    version: str
+    healthy: int  # distinct healthy shard indexes anywhere
+    targets: dict[int, NodeInfo]  # missing index -> owner that should hold it
+    stale: list[tuple[NodeInfo, str]] = field(default_factory=list)  # non-owner copies to drop once done
+    size: int = 0
+
+
+class Throttle:
+    """A token bucket: repair traffic is capped at `rate` bytes per second."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.allowance = rate
+        self.last = time.monotonic()
+
+    async def __call__(self, nbytes: int) -> None:
+        now = time.monotonic()
+        self.allowance = min(self.rate, self.allowance + (now - self.last) * self.rate)
+        self.last = now
+        self.allowance -= nbytes
+        if self.allowance < 0:
+            await asyncio.sleep(-self.allowance / self.rate)
+
+
+class Repairer:
+    """Runs anti-entropy passes over the partitions a node leads (or all of them, for `repair --once`)."""
+
+    def __init__(self, view: ClusterView, client: NodeClient, io: ObjectIO, *, me: str | None = None,
+                 alive: Callable[[NodeInfo], bool] | None = None, concurrency: int = 2,
+                 bandwidth_mb: float = 50.0, gc_grace: float = 600.0) -> None:
+        self.view, self.client, self.io = view, client, io
+        self.me = me
+        self.alive = alive or view.available
+        self.concurrency = concurrency
+        self.throttle = Throttle(bandwidth_mb * 1e6)
+        self.gc_grace_ns = int(gc_grace * 1e9)
+        self.stats = RepairStats()
+        self.last = RepairStats()
+
+    # -- one pass ----------------------------------------------------------------------------------
+
+    async def run_pass(self, progress: Callable[[RepairStats], None] | None = None) -> RepairStats:
+        stats = self.stats = RepairStats(started=time.time())
+        buckets = await self._bucket_settings()
+        rings = [self.view.ring(None)] + [self.view.ring(p.name) for p in self.view.map.pools]
+        held = await self._partitions_held()
+        tasks: list[Task] = []
+        for ring in rings:
+            for p in sorted(held):
+                leader = ring.leader(p, lambda nid: self.alive(self.view.map.node(nid)))
+                if self.me is not None and (leader is None or leader.id != self.me):
+                    continue
+                stats.partitions_total += 1
+                try:
+                    tasks += await self._scan_partition(ring, p, buckets, stats)
+                except (NodeError, OSError, asyncio.TimeoutError) as e:
+                    stats.failures += 1
+                    log.warning("repair: partition %d scan failed: %s", p, e)
+                if progress:
+                    progress(stats)
+        tasks.sort(key=lambda t: (t.healthy, t.version))  # most at risk first
+        stats.objects_remaining = len(tasks)
+        stats.bytes_remaining = sum(t.size * len(t.targets) // max(1, t.ring.ec.k) for t in tasks)
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def run(task: Task) -> None:
+            async with sem:
+                await self._repair(task, stats)
+                stats.objects_remaining -= 1
+                if progress:
+                    progress(stats)
+
+        await asyncio.gather(*(run(t) for t in tasks))
+        stats.finished = time.time()
+        self.last = stats
+        return stats
+
+    async def _bucket_settings(self) -> dict[str, tuple[str | None, str | None]]:
+        """bucket -> (pool, versioning), from any node (buckets live on every node)."""
+        for node in self.view.by_availability(self.view.all_nodes()):
+            try:
+                recs = await self.client.list_kv(node, "bucket")
+            except (NodeError, OSError, asyncio.TimeoutError):
+                continue
+            return {r.name: (r.value.get("pool"), r.value.get("versioning")) for r in recs if not r.deleted}
+        return {}
+
+    async def _partitions_held(self) -> set[int]:
+        nodes = [n for n in self.view.all_nodes() if self.alive(n)]
+        results = await asyncio.gather(*(self.client.partitions_held(n) for n in nodes), return_exceptions=True)
+        return {p for r in results if isinstance(r, list) for p in r}
+
+    async def _scan_partition(self, ring: Ring, p: int, buckets: dict[str, tuple[str | None, str | None]],
+                              stats: RepairStats) -> list[Task]:
+        pool_name = ring.pool.name
+        owners = ring.owners(p)
+        owner_ids = {n.id for n in owners}
+        nodes = [n for n in self.view.all_nodes() if self.alive(n)]
+        digests = await asyncio.gather(*(self.client.partition_digest(n, p) for n in nodes), return_exceptions=True)
+        by_node = {n.id: d for n, d in zip(nodes, digests) if not isinstance(d, BaseException)}
+        owner_digests = {by_node.get(o.id) for o in owners}
+        others_hold = any(d[1] for nid, d in by_node.items() if nid not in owner_ids)
+        stats.partitions_scanned += 1
+        if (len(owner_digests) == 1 and None not in owner_digests and not others_hold
+                and all(self.alive(o) for o in owners) and len(owners) == ring.ec.width
+                and pool_name == DEFAULT_POOL and not self.view.map.pools):
+            stats.partitions_in_sync += 1
+            stats.objects_total += next(iter(owner_digests))[1]  # type: ignore[index]
+            return []
+        summaries = await asyncio.gather(*(self.client.partition_records(n, p) for n in nodes), return_exceptions=True)
+        holders: dict[tuple[str, str], dict[str, list[tuple[NodeInfo, int, bool, bool]]]] = defaultdict(
+            lambda: defaultdict(list))
+        for node, rows in zip(nodes, summaries):
+            if isinstance(rows, BaseException):
+                continue
+            for bucket, key, version, shard, deleted, healthy in rows:
+                if (buckets.get(bucket, (None, None))[0] or DEFAULT_POOL) != pool_name:
+                    continue
+                holders[(bucket, key)][version].append((node, shard, deleted, healthy))
+        tasks = []
+        now = wall_ns()
+        for (bucket, key), versions in holders.items():
+            versioned = buckets.get(bucket, (None, None))[1] == "Enabled"
+            tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioned, now, stats)
+        return tasks
+
+    async def _plan_key(self, ring: Ring, p: int, owners: list[NodeInfo], bucket: str, key: str,
+                        versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioned: bool,
+                        now: int, stats: RepairStats) -> list[Task]:
+        k, width = ring.ec.k, ring.ec.width
+        owner_ids = {n.id for n in owners}
+        ordered = sorted(versions, reverse=True)
+        visible = [v for v in ordered if len({s for _, s, _, h in versions[v] if h}) >= k]
+        newest = visible[0] if visible else None
+        tasks = []
+        for v in ordered:
+            entries = versions[v]
+            old = now - version_time_ns(v) > self.gc_grace_ns
+            healthy_idx = {s for _, s, _, h in entries if h}
+            superseded = newest is not None and v < newest and not versioned
+            failed = len(healthy_idx) < k and (newest is None or v > newest or superseded or not versioned)
+            if (superseded or failed) and old:
+                await self._remove_everywhere(bucket, key, v, {n.id: n for n, _, _, _ in entries})
+                stats.garbage_removed += 1
+                continue
+            if superseded or len(healthy_idx) < k:
+                if len(healthy_idx) < k and not old and v == ordered[0]:
+                    continue  # maybe a write in progress
+                if len(healthy_idx) < k:
+                    stats.objects_unreadable += 1
+                continue
+            stats.objects_scanned += 1
+            stats.objects_total += 1
+            on_owner: dict[str, set[int]] = defaultdict(set)
+            for n, s, _, h in entries:
+                if h and n.id in owner_ids:
+                    on_owner[n.id].add(s)
+            assigned: set[int] = set()
+            lacking: list[NodeInfo] = []
+            for o in owners:
+                mine = sorted(on_owner.get(o.id, set()) - assigned)
+                if mine:
+                    assigned.add(mine[0])
+                else:
+                    lacking.append(o)
+            if len(assigned) < width:
+                stats.objects_degraded += 1
+            missing = [i for i in range(width) if i not in assigned]
+            targets = {i: o for i, o in zip(missing, lacking) if self.alive(o)}
+            stale = [(n, v) for n, _, _, _ in entries if n.id not in owner_ids]
+            if targets or (stale and len(assigned) == width):
+                tasks.append(Task(ring, bucket, key, v, len(healthy_idx), targets, stale))
+        return tasks
+
+    async def _remove_everywhere(self, bucket: str, key: str, version: str, nodes: dict[str, NodeInfo]) -> None:
+        for node in nodes.values():
+            try:
+                await self.client.delete_record(node, bucket, key, version)
+            except (NodeError, OSError, asyncio.TimeoutError) as e:
+                log.debug("repair: garbage removal on %s failed: %s", node.id, e)
+
+    async def _repair(self, task: Task, stats: RepairStats) -> None:
+        try:
+            if task.targets:
+                obj = await self.io.find(task.ring, task.bucket, task.key, task.version)
+                if obj is None:
+                    stats.failures += 1
+                    return
+                task.size = obj.record.size
+                done = await self.io.rebuild(task.ring, obj, task.targets, self.throttle)
+                stats.shards_rebuilt += len(done)
+                stats.bytes_rebuilt += len(done) * obj.record.size // max(1, obj.record.ec.k)
+                if len(done) < len(task.targets):
+                    stats.failures += 1
+                    return
+                stats.objects_rebuilt += 1
+            # Every owner now holds its shard: copies on other nodes (handoffs, old owners) can go.
+            for node, version in task.stale:
+                if node.id in {t.id for t in task.targets.values()}:
+                    continue
+                try:
+                    await self.client.delete_record(node, task.bucket, task.key, version)
+                    stats.handoffs_removed += 1
+                except (NodeError, OSError, asyncio.TimeoutError) as e:
+                    log.debug("repair: dropping handoff on %s failed: %s", node.id, e)
+        except (ReadFailed, NodeError, OSError, asyncio.TimeoutError) as e:
+            stats.failures += 1
+            log.warning("repair: %s/%s@%s failed: %s", task.bucket, task.key, task.version, e)
+
+
+def summarize(stats: Iterable[RepairStats]) -> RepairStats:
+    """Sum the stats of several repairers (the nodes each lead a disjoint set of partitions)."""
+    out = RepairStats()
+    for s in stats:
+        for name, value in asdict(s).items():
+            if name in ("started", "finished"):
+                setattr(out, name, max(getattr(out, name), value) if name == "finished" else
+                        min(getattr(out, name) or value, value))
+            else:
+                setattr(out, name, getattr(out, name) + value)
+    return out
