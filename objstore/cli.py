@@ -31,8 +31,15 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
 # A new command module adds one line here: name -> "module:attribute" of a click command or group.
 ROOT_COMMANDS: dict[str, str] = {
     "dev": "objstore.devcluster:dev_command",
+    "status": "objstore.ops:status_command",
+    "repair": "objstore.ops:repair_command",
 }
-CLUSTER_COMMANDS: dict[str, str] = {}
+CLUSTER_COMMANDS: dict[str, str] = {
+    "add-node": "objstore.ops:add_node_command",
+    "remove-node": "objstore.ops:remove_node_command",
+    "drain": "objstore.ops:drain_command",
+    "set-weight": "objstore.ops:set_weight_command",
+}
 
 # Errors that are the user's to fix (bad config, missing file, node unreachable): one line, no traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ClusterMapError, OSError, json.JSONDecodeError)

@@ -388,7 +388,8 @@ class ObjectIO:
 
     async def _find_everywhere(self, ring: Ring, partition: int, bucket: str, key: str,
                                version: str | None, timeout: float | None = None) -> ObjectVersion | None:
-        nodes = self.view.by_availability(ring.preference_list(partition))
+        # Every node of the pool that may hold data: handoffs, and old owners during a migration.
+        nodes = self.view.by_availability(n for n in ring.map.pool_nodes(ring.pool.name) if n.state != "removed")
 
         async def versions(node: NodeInfo) -> list[tuple[NodeInfo, ObjectRecord]]:
             if version is not None:

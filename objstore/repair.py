@@ -161,7 +161,9 @@ class Repairer:
                 and all(self.alive(o) for o in owners) and len(owners) == ring.ec.width
                 and pool_name == DEFAULT_POOL and not self.view.map.pools):
             stats.partitions_in_sync += 1
-            stats.objects_total += next(iter(owner_digests))[1]  # type: ignore[index]
+            count = next(iter(owner_digests))[1]  # type: ignore[index]
+            stats.objects_total += count
+            stats.objects_scanned += count
             return []
         summaries = await asyncio.gather(*(self.client.partition_records(n, p) for n in nodes), return_exceptions=True)
         holders: dict[tuple[str, str], dict[str, list[tuple[NodeInfo, int, bool, bool]]]] = defaultdict(
