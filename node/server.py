@@ -27,6 +27,8 @@ from node.store import BlobMissing, CorruptShard, DiskFull, Store
 
 log = logging.getLogger("objstore.node")
 READ_CHUNK = 1 << 20
+FAULT_DELAY = float(os.environ.get("OBJSTORE_FAULT_DELAY", "0") or 0)
+"""Fault hook: seconds every RPC but /health waits before it is served (tests of slow nodes)."""
 
 
 @dataclass
@@ -88,6 +90,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     node = request.app[NODE]
     if not auth.verify(node.cfg.secret, request.method, request.raw_path, request.headers):
         return _error(401, "unauthorized", "missing, stale or invalid signature")
+    if FAULT_DELAY and request.path != "/health":
+        await asyncio.sleep(FAULT_DELAY)  # fault hook: a slow disk or link, for the hedged-read chaos test
     try:
         return await handler(request)
     except RecordError as e:

@@ -92,6 +92,18 @@ class Repairer:
         self.gc_grace_ns = int(gc_grace * 1e9)
         self.stats = RepairStats()
         self.last = RepairStats()
+        self._first_seen: dict[tuple[str, str, str], float] = {}
+
+    def _aged(self, bucket: str, key: str, version: str, now: int) -> bool:
+        """Past the grace period both by its version time and by how long this repairer has seen it.
+
+        The second clock is this process's monotonic one: a node whose wall clock runs an hour ahead
+        must not take a write in progress for an old failed one.
+        """
+        seen = self._first_seen.setdefault((bucket, key, version), time.monotonic())
+        if len(self._first_seen) > 100_000:
+            self._first_seen.clear()
+        return now - version_time_ns(version) > self.gc_grace_ns and time.monotonic() - seen > self.gc_grace_ns / 1e9
 
     # -- one pass ----------------------------------------------------------------------------------
 
@@ -193,7 +205,7 @@ class Repairer:
         tasks = []
         for v in ordered:
             entries = versions[v]
-            old = now - version_time_ns(v) > self.gc_grace_ns
+            old = self._aged(bucket, key, v, now)
             healthy_idx = {s for _, s, _, h in entries if h}
             superseded = newest is not None and v < newest and not versioned
             failed = len(healthy_idx) < k and (newest is None or v > newest or superseded or not versioned)

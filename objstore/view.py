@@ -7,7 +7,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from statistics import quantiles
+from statistics import median
 from typing import TYPE_CHECKING, Iterable
 
 from objstore.cluster import ClusterMap, NodeInfo
@@ -121,9 +121,12 @@ class ClusterView:
         return [n for n in nodes if self.available(n)] + [n for n in nodes if not self.available(n)]
 
     def hedge_delay(self) -> float:
-        """How long to wait for a shard before racing a spare: about twice the recent p90 latency."""
-        samples = [x for h in self.health.values() for x in h.latencies]
-        if len(samples) < 20:
+        """How long to wait for a shard before racing a spare: a few times the typical node's latency.
+
+        The typical node is the median of the per-node medians, so one slow node cannot drag the
+        threshold up to its own latency (which would make hedging useless exactly when needed).
+        """
+        medians = sorted(median(h.latencies) for h in self.health.values() if len(h.latencies) >= 5)
+        if len(medians) < 2:
             return HEDGE_MAX / 2
-        p90 = quantiles(samples, n=10)[-1]
-        return min(HEDGE_MAX, max(HEDGE_MIN, 2 * p90))
+        return min(HEDGE_MAX, max(HEDGE_MIN, 4 * medians[len(medians) // 2]))
