@@ -312,16 +312,19 @@ def test_owner_slots_follow_weights(cm: ClusterMap) -> None:
 # 4+2) changes the spreading rule itself and is a rebalance, not covered here.
 
 
-def add_node(cm: ClusterMap, zone: str, weight: float) -> tuple[ClusterMap, str]:
-    new = node(999, zone, weight)
+def add_node(cm: ClusterMap, after: int, zone: str, weight: float) -> tuple[ClusterMap, str]:
+    """A new node whose id sorts right after node `after`, so it lands anywhere in id order."""
+    new = replace(node(after, zone, weight), id=f"node-{after:03d}+", address="127.0.0.1:6999")
     return replace(cm, nodes=cm.nodes + (new,)), new.id
 
 
-@given(any_map(min_nodes=2), st.integers(0, 7), st.sampled_from(WEIGHTS))
+@given(any_map(min_nodes=2), st.integers(-1, 16), st.integers(0, 7), st.sampled_from(WEIGHTS))
 @PROPS
-def test_adding_a_node_moves_only_the_shards_it_receives(cm: ClusterMap, zone: int, weight: float) -> None:
+def test_adding_a_node_moves_only_the_shards_it_receives(
+    cm: ClusterMap, after: int, zone: int, weight: float
+) -> None:
     assume(len(active(cm)) >= cm.ec.width)
-    after_map, new_id = add_node(cm, f"z{zone}", weight)
+    after_map, new_id = add_node(cm, after, f"z{zone}", weight)
     before, after = Ring(cm), Ring(after_map)
     assume(before.zone_cap == after.zone_cap)
     for old, new in zip(owner_sets(before), owner_sets(after)):
