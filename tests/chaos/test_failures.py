@@ -133,3 +133,78 @@ def test_removed_dead_node_is_rebuilt_elsewhere(dev_cluster_factory):
     took = wait_full_redundancy(cluster, "gone", list(model), timeout=90)
     print(f"\nshards of a removed node rebuilt in {took:.1f}s")
     check_all(s3, "gone", model)
+
+
+def test_writes_go_to_handoffs_and_move_home(dev_cluster_factory):
+    """With an owner down, shards land on a handoff (recorded as such); when it returns, they move home."""
+    import asyncio
+
+    from objstore.ring import Ring
+
+    cluster = dev_cluster_factory(nodes=7, zones=3, down_after=2.0, node_settings=FAST_REPAIR)
+    s3 = cluster.s3()
+    s3.create_bucket(Bucket="handoff")
+    cluster.kill_node("n1")
+    model = {}
+    for i in range(12):
+        data = payload(500 + i, SIZES[i % len(SIZES)])
+        s3.put_object(Bucket="handoff", Key=f"h/{i}", Body=data)
+        model[f"h/{i}"] = md5(data)
+    check_all(s3, "handoff", model)
+    ring = Ring(cluster.cluster_map())
+
+    async def copies() -> tuple[int, int]:
+        """(handoff records on non-owners, records on non-owners) over the model's keys."""
+        handoffs = stray = 0
+        async with cluster.node_client(timeout=5.0) as client:
+            for key in model:
+                owners = {n.id for n in ring.owners(ring.partition_of("handoff", key))}
+                for n in ring.nodes:
+                    if n.id in owners or n.id == "n1":
+                        continue
+                    recs = await client.get_versions(n, "handoff", key)
+                    stray += len(recs)
+                    handoffs += sum(r.handoff for r in recs)
+        return handoffs, stray
+
+    handoffs, stray = asyncio.run(copies())
+    assert handoffs > 0 and handoffs == stray, (handoffs, stray)
+    cluster.start_node("n1")
+    wait_full_redundancy(cluster, "handoff", list(model), timeout=90)
+    deadline = time.monotonic() + 30
+    while asyncio.run(copies())[1] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert asyncio.run(copies()) == (0, 0)
+    check_all(s3, "handoff", model)
+
+
+def test_disk_full_node(dev_cluster_factory):
+    """A node whose disk fills up: writes go on (handoffs / k+1), reads stay right, no partial file remains."""
+    import subprocess
+
+    cluster = dev_cluster_factory(nodes=7, zones=3, down_after=2.0, node_settings=FAST_REPAIR)
+    s3 = cluster.s3()
+    s3.create_bucket(Bucket="full")
+    cluster.kill_node("n2")
+    data_dir = cluster.node("n2").data_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(data_dir)],
+                             capture_output=True, text=True, timeout=10)
+    if mounted.returncode != 0:
+        cluster.start_node("n2")
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    try:
+        cluster.start_node("n2")
+        model = {}
+        for i in range(16):
+            data = payload(900 + i, 1_200_000)
+            s3.put_object(Bucket="full", Key=f"f/{i}", Body=data)  # every PUT is acknowledged
+            model[f"f/{i}"] = md5(data)
+        check_all(s3, "full", model)
+        leftovers = [p for p in data_dir.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+        assert leftovers == []
+        usage = subprocess.run(["df", "--output=avail", str(data_dir)], capture_output=True, text=True).stdout
+        assert int(usage.split()[-1]) < 400, usage  # the node's disk really filled up
+    finally:
+        cluster.kill_node("n2")
+        subprocess.run(["umount", str(data_dir)], capture_output=True, timeout=10)
