@@ -36,7 +36,11 @@ class Item:
 
 def _merged(gw: Gateway, bucket: Bucket, prefix: str, start_after: str) -> MergedListing:
     ring = gw.view.ring(bucket.pool)
-    nodes = gw.view.by_availability(n for n in gw.view.map.pool_nodes(bucket.pool) if n.state != "removed")
+    nodes = [n for n in gw.view.map.pool_nodes(bucket.pool) if n.state != "removed"]
+    live = [n for n in nodes if gw.view.available(n)]
+    # Nodes out of rotation would only stall the listing; every visible version has >= k shards elsewhere.
+    if len(live) >= ring.ec.k + 1:
+        nodes = live
     return MergedListing(gw.client, nodes, bucket.name, ring.ec.k, prefix=prefix, start_after=start_after)
 
 

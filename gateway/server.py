@@ -28,8 +28,8 @@ from gateway.sigv4 import Authenticator, PayloadReader
 
 log = logging.getLogger("objstore.gateway")
 
-MAP_REFRESH_INTERVAL = 5.0
-"""Seconds between two pulls of the cluster map from the nodes."""
+HEALTH_INTERVAL = 1.0
+"""Seconds between two pulls of the cluster map and node states from the nodes."""
 
 
 @dataclass
@@ -162,10 +162,14 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 async def _refresh_map(gw: Gateway) -> None:
+    """Pull the newest map, and the node states of the nodes' failure detector, every interval."""
     while True:
-        await asyncio.sleep(MAP_REFRESH_INTERVAL)
+        await asyncio.sleep(HEALTH_INTERVAL)
         try:
             await gw.view.refresh(gw.client)
+            for node in gw.view.live_nodes()[:2]:
+                health = await asyncio.wait_for(gw.client.health(node), HEALTH_INTERVAL)
+                gw.view.learn_states(health.get("peers", {}), hold=3 * HEALTH_INTERVAL)
         except Exception as e:  # a failed refresh is retried at the next interval
             log.debug("map refresh failed: %s", e)
 

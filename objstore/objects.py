@@ -24,6 +24,8 @@ log = logging.getLogger("objstore.objects")
 INLINE_MAX_SHARD = 64 * 1024
 """Shards up to this size travel inside the record: a small object costs no file on any node."""
 SHARD_QUEUE_DEPTH = 4
+SHARD_STALL_TIMEOUT = 5.0
+"""Seconds a shard upload may refuse new blocks before the write drops it and goes on without it."""
 """Blocks buffered per shard upload: bounds gateway memory at about width * depth * block_size."""
 
 
@@ -224,6 +226,16 @@ class ObjectIO:
                     queues[i].get_nowait()
             return ShardWrite(i, node, sums, handoff)
 
+        async def put_or_drop(i: int, block: bytes) -> None:
+            # A shard upload that stalls (a node cut off mid-stream) is dropped, not waited for:
+            # the write goes on with the others and repair rebuilds the missing shard.
+            try:
+                await asyncio.wait_for(queues[i].put(block), SHARD_STALL_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("shard %d of %s stalled for %.0fs: dropped", i, blob, SHARD_STALL_TIMEOUT)
+                alive[i] = False
+                uploads[i].cancel()
+
         async def feed() -> None:
             async for blocks, sums in codec.encode_stream_checked(source, ec, self.executor, count):
                 for i, c in enumerate(sums):
@@ -231,7 +243,7 @@ class ObjectIO:
                 live = [i for i in range(ec.width) if alive[i]]
                 if len(live) < ec.k + 1:
                     raise WriteFailed(f"only {len(live)} shard uploads left, need {ec.k + 1}")
-                await asyncio.gather(*(queues[i].put(blocks[i]) for i in live))
+                await asyncio.gather(*(put_or_drop(i, blocks[i]) for i in live))
             for i in range(ec.width):
                 if alive[i]:
                     await queues[i].put(None)

@@ -115,6 +115,14 @@ class ClusterView:
         if self._health(node.id).failure(time.monotonic()):
             log.warning("node %s out of rotation after repeated failures", node.id)
 
+    def learn_states(self, states: dict[str, str], hold: float) -> None:
+        """Take nodes the cluster's failure detector calls down out of rotation for `hold` seconds."""
+        now = time.monotonic()
+        for node_id, state in states.items():
+            if state == "down":
+                h = self._health(node_id)
+                h.out_until = max(h.out_until, now + hold)
+
     def by_availability(self, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
         """Available nodes first, keeping the given order within each group."""
         nodes = list(nodes)
