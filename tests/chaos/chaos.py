@@ -126,3 +126,33 @@ def damage_record(cluster: DevCluster, node_id: str, bucket: str, key: str) -> i
         return cur.rowcount
     finally:
         db.close()
+
+
+def spawn_extra_node(cluster: DevCluster, node_id: str, port: int, workdir: Path) -> Any:
+    """Start one more node process from a copy of n1's config (new id, port and data dir); the caller adds
+    it to the map. Returns the Popen; stop it by pid."""
+    import subprocess
+    import sys
+    import tomllib
+
+    from objstore.devcluster import child_env, die_with_parent, probe_node
+
+    cfg = tomllib.loads(cluster.node("n1").config.read_text())
+    cfg.update(id=node_id, listen=f"127.0.0.1:{port}", data_dir=str(workdir / node_id))
+    path = workdir / f"{node_id}.toml"
+    path.write_text("".join(f"{k} = {json_value(v)}\n" for k, v in cfg.items()))
+    log = open(workdir / f"{node_id}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "node", "--config", str(path)], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL, env=child_env(), preexec_fn=die_with_parent())
+    deadline = time.monotonic() + 30
+    while not probe_node(f"127.0.0.1:{port}", cluster.secret):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"extra node {node_id} did not start: {(workdir / f'{node_id}.log').read_text()}")
+        time.sleep(0.1)
+    return proc
+
+
+def json_value(v: Any) -> str:
+    import json
+
+    return json.dumps(v)

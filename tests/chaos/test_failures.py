@@ -237,3 +237,60 @@ def test_node_cut_off_then_healed(dev_cluster_factory):
         os.kill(victim.pid, signal.SIGCONT)
     wait_full_redundancy(cluster, "cut", list(model), timeout=90)
     check_all(s3, "cut", model)
+
+
+def test_add_and_remove_node_while_clients_write_and_read(dev_cluster_factory, tmp_path):
+    from dataclasses import replace
+
+    from objstore.cluster import NodeInfo
+    from objstore.ops import _publish, open_cluster
+    from tests.chaos.chaos import spawn_extra_node
+    from tests.cluster import free_port_range
+
+    cluster = dev_cluster_factory(nodes=6, zones=3, down_after=2.0, node_settings=FAST_REPAIR)
+    s3 = cluster.s3(retries={"max_attempts": 4, "mode": "standard"})
+    model = fill(s3, "move", 12, seed=9)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        i = 0
+        while not stop.is_set() and i < 300:
+            key = f"live/{i % 15}"
+            data = payload(2000 + i, SIZES[i % len(SIZES)])
+            try:
+                s3.put_object(Bucket="move", Key=key, Body=data)
+                model[key] = md5(data)
+                got = md5(s3.get_object(Bucket="move", Key=key)["Body"].read())
+                if got != model[key]:
+                    errors.append(f"{key}: read {got}, wrote {model[key]}")
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+                errors.append(f"{key}: {e}")
+            i += 1
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        cmap, secret, map_path = open_cluster(str(cluster.data_dir / "cluster.json"))
+        port = free_port_range(1)
+        grown = cmap.with_changes(nodes=cmap.nodes + (NodeInfo("n7", f"127.0.0.1:{port}", "z1"),))
+        _publish(grown, secret, map_path)  # the new node starts from this map
+        extra = spawn_extra_node(cluster, "n7", port, tmp_path)
+        _publish(grown, secret, map_path)
+        time.sleep(3)
+        shrunk = grown.with_changes(nodes=tuple(replace(n, state="removed") if n.id == "n3" else n
+                                                for n in grown.nodes))
+        _publish(shrunk, secret, map_path)
+        time.sleep(3)
+    finally:
+        stop.set()
+        t.join(120)
+    try:
+        assert not errors, errors[:5]
+        check_all(s3, "move", model)
+        took = wait_full_redundancy(cluster, "move", list(model), timeout=120)
+        print(f"\nafter adding n7 and removing n3, every shard on its owner {took:.1f}s later")
+        check_all(s3, "move", model)
+    finally:
+        extra.terminate()
+        extra.wait(20)
