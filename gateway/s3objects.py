@@ -18,7 +18,7 @@ from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.headers import (ObjectMeta, check_conditions, content_md5, last_modified, meta_from_request,
                              object_headers, parse_range, quote_etag)
-from gateway.s3buckets import acl_xml, xml_response
+from gateway.s3buckets import acl_xml, check_private_acl, xml_response
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import parse_delete, render
 
@@ -64,10 +64,10 @@ async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncItera
     """Erasure-code `source` into a new version of bucket/key and commit it. Nothing is visible on failure."""
     ring = gw.view.ring(bucket.pool)
     partition = ring.partition_of(bucket.name, key)
-    version = new_version()
     md5 = hashlib.md5()
     try:
-        blob = await gw.io.write_blob(ring, partition, version, source, on_payload=md5.update)  # type: ignore[arg-type]
+        blob = await gw.io.write_blob(ring, partition, new_version(), source,  # type: ignore[arg-type]
+                                      on_payload=md5.update)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
     try:
@@ -78,10 +78,12 @@ async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncItera
         if payload_checksum is not None:
             sums = payload_checksum()  # type: ignore[operator]
         etag = digest.hex()
+        # The version is drawn once the body is in: of two overlapping PUTs the one that completes last wins.
+        version = new_version()
         template = ObjectRecord(
             bucket=bucket.name, key=key, version=version, shard=0, ec=ring.ec, size=blob.size, etag=etag,
             content_type=meta.content_type, headers=meta.headers, meta=meta.meta, checksum=sums,
-            parts=[PartRef(1, blob.size, etag, version)], created=version_time_ns(version))
+            parts=[PartRef(1, blob.size, etag, blob.blob)], created=version_time_ns(version))
         await gw.io.commit(ring, partition, template, [(template.parts[0], blob)])
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes committed: {e}") from None
@@ -350,8 +352,7 @@ async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     await _current(gw, bucket, req.key, req.query.get("versionId"))
     await req.payload.read()
-    if req.headers.get("x-amz-acl", "private") != "private":
-        raise S3Error("NotImplemented", "only the private canned ACL is supported")
+    check_private_acl(req)
     return web.Response(status=200)
 
 
