@@ -89,6 +89,19 @@ async def put_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return web.Response(status=200)
 
 
+CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+               "bucket-owner-read", "bucket-owner-full-control", "log-delivery-write")
+
+
+def check_private_acl(req: S3Request) -> None:
+    """Only the private canned ACL is kept: an unknown one is InvalidArgument, another known one NotImplemented."""
+    acl = req.headers.get("x-amz-acl", "private")
+    if acl not in CANNED_ACLS:
+        raise S3Error("InvalidArgument", extra={"ArgumentName": "x-amz-acl", "ArgumentValue": acl})
+    if acl != "private":
+        raise S3Error("NotImplemented", "only the private canned ACL is supported")
+
+
 def acl_xml(gw: Gateway, owner: str) -> bytes:
     return render("AccessControlPolicy", {
         "Owner": owner_xml(gw, owner),
@@ -107,9 +120,7 @@ async def get_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     await gw.buckets.get(req.bucket, req.user.access_key)
     await req.payload.read()
-    acl = req.headers.get("x-amz-acl", "private")
-    if acl != "private":
-        raise S3Error("NotImplemented", "only the private canned ACL is supported")
+    check_private_acl(req)
     return web.Response(status=200)
 
 
