@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import MultiDictProxy
 
 from objstore.client import NodeClient
@@ -157,6 +157,28 @@ async def handle_s3(request: web.Request) -> web.StreamResponse:
     return await handler(gw, s3req)
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: refuse before the body is sent if the request is unroutable or unauthenticated.
+
+    S3 answers the final error instead of 100 Continue, so a client does not upload a body only to be
+    told its signature is wrong; an Expect value other than 100-continue is ignored, as S3 does.
+    """
+    if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+        return None
+    gw = request.app[GATEWAY]
+    try:
+        bucket, key = split_path(request.raw_path)
+        select_handler(request.method, bucket, key, request.query, request.headers)
+        gw.auth.authenticate(request)
+    except S3Error as e:
+        response = error_response(e, secrets.token_hex(8).upper(), request.path, head=request.method == "HEAD")
+        response.force_close()  # the client holds its body back: this connection cannot carry another request
+        return response
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
+
 async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "epoch": request.app[GATEWAY].view.map.epoch})
 
@@ -197,7 +219,7 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
     app[GATEWAY] = gw
     app.router.add_get("/_objstore/health", handle_health)
-    app.router.add_route("*", "/{tail:.*}", handle_s3)
+    app.router.add_route("*", "/{tail:.*}", handle_s3, expect_handler=expect_continue)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         refresher = asyncio.create_task(_refresh_map(gw))
