@@ -51,7 +51,7 @@ def _max_keys(req: S3Request) -> int:
     except ValueError:
         raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range",
                       extra={"ArgumentName": "max-keys", "ArgumentValue": raw}) from None
-    if n < 0:
+    if n < 0 or n > 2**31 - 1:
         raise S3Error("InvalidArgument", "Argument maxKeys must be an integer between 0 and 2147483647",
                       extra={"ArgumentName": "maxKeys", "ArgumentValue": raw})
     return min(n, MAX_KEYS)
@@ -112,6 +112,8 @@ async def _page(gw: Gateway, bucket: Bucket, prefix: str, delimiter: str, after:
                 include_deleted: bool = False) -> tuple[list[Item], bool]:
     items: list[Item] = []
     truncated = False
+    if max_keys == 0:
+        return items, False  # S3 answers an empty, untruncated page, whatever the bucket holds
     async for item in _walk(gw, bucket, prefix, delimiter, after, include_deleted):
         if len(items) >= max_keys:
             truncated = True
@@ -129,7 +131,8 @@ async def list_objects_v1(gw: Gateway, req: S3Request) -> web.StreamResponse:
     items, truncated = await _page(gw, bucket, prefix, delimiter, _skip_marker(marker, prefix, delimiter), max_keys)
     owner = owner_xml(gw, bucket.owner)
     body: list[tuple[str, object]] = [
-        ("Name", bucket.name), ("Prefix", _enc(prefix, url)), ("Marker", _enc(marker, url)),
+        # v1 sends Prefix as given even with encoding-type=url (SDKs decode Marker, Delimiter and keys only)
+        ("Name", bucket.name), ("Prefix", prefix), ("Marker", _enc(marker, url)),
         ("MaxKeys", max_keys), ("Delimiter", _enc(delimiter, url) if delimiter else None),
         ("IsTruncated", truncated), ("EncodingType", "url" if url else None),
     ]
@@ -185,6 +188,12 @@ async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
     prefix, delimiter = req.query.get("prefix", ""), req.query.get("delimiter", "")
     key_marker = req.query.get("key-marker", "")
     vid_marker = req.query.get("version-id-marker", "")
+    if vid_marker and not key_marker:
+        raise S3Error("InvalidArgument", "A version-id marker cannot be specified without a key marker.",
+                      extra={"ArgumentName": "version-id-marker", "ArgumentValue": vid_marker})
+    if vid_marker not in ("", "null") and len(vid_marker) != 32:
+        raise S3Error("InvalidArgument", "Invalid version id specified",
+                      extra={"ArgumentName": "version-id-marker", "ArgumentValue": vid_marker})
     max_keys = _max_keys(req)
     owner = owner_xml(gw, bucket.owner)
     rows: list[tuple[str, object]] = []
@@ -196,6 +205,8 @@ async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
     count = 0
     async for item in _walk(gw, bucket, prefix, delimiter, after, include_deleted=bool(bucket.versioning),
                             include=resume_key):
+        if max_keys == 0:
+            break  # an empty, untruncated page, as for the object listings
         if item.is_prefix:
             if count >= max_keys:
                 truncated, next_key = True, item.key
