@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from objstore.versions import new_version, version_time_ns
 
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
-from gateway.headers import content_md5, ns_datetime, meta_from_request, parse_range, quote_etag
+from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
 from gateway.s3buckets import owner_xml, xml_response
 from gateway.s3objects import copy_source, shown_version
 from gateway.server import Gateway, S3Request
@@ -66,6 +67,17 @@ async def _load_upload(gw: Gateway, bucket: Bucket, req: S3Request) -> Upload:
         raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
     v = rec.value
     return Upload(bucket.name, req.key, upload_id, v["initiated"], v["owner"], v["meta"])
+
+
+def _int_param(req: S3Request, name: str, default: int) -> int:
+    """A non-negative integer query parameter (markers, page sizes); anything else is InvalidArgument."""
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > 2**31 - 1:
+        raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
+                      extra={"ArgumentName": name, "ArgumentValue": raw})
+    return int(raw)
 
 
 def _part_number(req: S3Request) -> int:
@@ -136,6 +148,22 @@ async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return web.Response(status=200, headers={"ETag": quote_etag(value["etag"])})
 
 
+_COPY_RANGE = re.compile(r"bytes=(\d{1,19})-(\d{1,19})")
+
+
+def _copy_range(raw: str, size: int) -> tuple[int, int]:
+    """(offset, length) of x-amz-copy-source-range: both ends given and inside the source, unlike a GET Range."""
+    m = _COPY_RANGE.fullmatch(raw.strip())
+    if m is None or int(m.group(1)) > int(m.group(2)):
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last "
+                      "where first and last are the zero-based offsets of the first and last bytes to copy",
+                      extra={"ArgumentName": "x-amz-copy-source-range", "ArgumentValue": raw})
+    first, last = int(m.group(1)), int(m.group(2))
+    if last >= size:
+        raise S3Error("InvalidRange", extra={"ActualObjectSize": str(size), "RangeRequested": raw})
+    return first, last - first + 1
+
+
 async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     number = _part_number(req)
@@ -144,14 +172,7 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     await req.payload.read()
     offset, length = 0, src.record.size
     if "x-amz-copy-source-range" in req.headers:
-        raw = req.headers["x-amz-copy-source-range"]
-        rng = parse_range(raw, src.record.size) if "-" in raw and not raw.endswith("=-") else None
-        if rng is None or raw.split("=", 1)[-1].startswith("-"):
-            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form "
-                          "bytes=first-last where first and last are the zero-based offsets of the first and "
-                          "last bytes to copy", extra={"ArgumentName": "x-amz-copy-source-range",
-                                                       "ArgumentValue": raw})
-        offset, length = rng
+        offset, length = _copy_range(req.headers["x-amz-copy-source-range"], src.record.size)
     value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None)
     return xml_response(render("CopyPartResult", {"LastModified": ns_datetime(value["modified"]),
                                                   "ETag": quote_etag(value["etag"])}))
@@ -239,8 +260,8 @@ async def abort_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def list_parts(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     upload = await _load_upload(gw, bucket, req)
-    marker = int(req.query.get("part-number-marker", "0") or 0)
-    max_parts = min(int(req.query.get("max-parts", "1000") or 1000), 1000)
+    marker = _int_param(req, "part-number-marker", 0)
+    max_parts = min(_int_param(req, "max-parts", 1000), 1000)
     parts = sorted((p for p in await _parts(gw, bucket, upload) if p["number"] > marker), key=lambda p: p["number"])
     page, truncated = parts[:max_parts], len(parts) > max_parts
     owner = owner_xml(gw, upload.owner)
@@ -282,7 +303,7 @@ async def list_uploads(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     prefix, delimiter = req.query.get("prefix", ""), req.query.get("delimiter", "")
     key_marker, id_marker = req.query.get("key-marker", ""), req.query.get("upload-id-marker", "")
-    max_uploads = min(int(req.query.get("max-uploads", "1000") or 1000), 1000)
+    max_uploads = min(_int_param(req, "max-uploads", 1000), 1000)
     rows: list[tuple[str, object]] = []
     seen_prefixes: set[str] = set()
     truncated = False
