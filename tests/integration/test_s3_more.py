@@ -1,0 +1,596 @@
+"""boto3 and raw HTTP against `objstore dev`: presigned URLs, users, auth errors, checksums, copy ranges,
+listing pagination under change, URL encoding, response overrides, conditionals, disconnects, and fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import http.client
+import importlib
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import botocore.auth
+import botocore.exceptions
+import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from tests.cluster import DevCluster, cluster_factory, wait_until
+
+pytestmark = pytest.mark.integration
+
+ALT_KEY, ALT_SECRET = "ALTUSER0000000000001", "alt-secret-alt-secret-alt-secret-0001"
+HTTP_TIMEOUT = 30
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return exc.response["Error"]["Code"]
+
+
+def _status(exc: botocore.exceptions.ClientError) -> int:
+    return exc.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """A dev cluster with a second, non-admin user (listed in credentials.json before the first start)."""
+    def mkdir() -> Path:
+        return tmp_path_factory.mktemp("dev-users")
+
+    with cluster_factory(mkdir) as factory:
+        data = tmp_path_factory.mktemp("dev-users-data") / "data"
+        data.mkdir()
+        (data / "credentials.json").write_text(json.dumps({
+            "access_key": "OBJADMIN000000000001", "secret_key": "admin-secret-admin-secret-admin-0001",
+            "users": [{"access_key": ALT_KEY, "secret_key": ALT_SECRET, "name": "alt"}]}))
+        yield factory(data_dir=data)
+
+
+@pytest.fixture(scope="module")
+def s3(cluster: DevCluster):  # type: ignore[no-untyped-def]
+    return cluster.s3()
+
+
+@pytest.fixture(scope="module")
+def alt(cluster: DevCluster):  # type: ignore[no-untyped-def]
+    import boto3
+
+    return boto3.client("s3", endpoint_url=cluster.endpoint, aws_access_key_id=ALT_KEY,
+                        aws_secret_access_key=ALT_SECRET, region_name=cluster.region,
+                        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                                       retries={"max_attempts": 1}))
+
+
+@pytest.fixture
+def bucket(s3, request) -> str:  # type: ignore[no-untyped-def]
+    name = "m-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + f"-{os.getpid() % 10000}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+# ---------------------------------------------------------------- raw signed HTTP
+
+
+def raw(cluster: DevCluster, method: str, path: str, query: str = "", body: bytes = b"",
+        headers: dict[str, str] | None = None, sign: bool = True, access_key: str | None = None,
+        secret_key: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to the gateway, SigV4-signed over exactly this path, query, headers and body."""
+    host = urlsplit(cluster.endpoint).netloc
+    target = path + (f"?{query}" if query else "")
+    hdrs = {"Host": host, "x-amz-content-sha256": hashlib.sha256(body).hexdigest(), **(headers or {})}
+    if sign:
+        req = AWSRequest(method, f"{cluster.endpoint}{target}", headers=hdrs, data=body)
+        creds = Credentials(access_key or cluster.access_key, secret_key or cluster.secret_key)
+        S3SigV4Auth(creds, "s3", cluster.region).add_auth(req)
+        hdrs = dict(req.headers.items())
+    conn = http.client.HTTPConnection(host, timeout=HTTP_TIMEOUT)
+    try:
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for k, v in hdrs.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        data = b"" if method == "HEAD" else resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def assert_s3_error(status: int, body: bytes, code: str | None = None, head: bool = False) -> None:
+    assert status < 500, f"{status}: {body[:500]!r}"
+    if not head and status >= 400:
+        assert body.startswith(b"<?xml") and b"<Error><Code>" in body, body[:300]
+        assert b"Traceback" not in body
+        if code is not None:
+            assert f"<Code>{code}</Code>".encode() in body, body[:300]
+
+
+# ---------------------------------------------------------------- presigned URLs, users, clocks
+
+
+def test_presigned_get_and_put(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    v4 = cluster.s3(signature_version="s3v4")
+    put_url = v4.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "pre signed+key"},
+                                        ExpiresIn=300)
+    body = os.urandom(100_000)
+    req = urllib.request.Request(put_url, data=body, method="PUT")
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
+        assert resp.status == 200 and resp.headers["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    get_url = v4.generate_presigned_url("get_object", Params={
+        "Bucket": bucket, "Key": "pre signed+key", "ResponseContentDisposition": "attachment; filename=x.bin"},
+        ExpiresIn=300)
+    with urllib.request.urlopen(get_url, timeout=HTTP_TIMEOUT) as resp:
+        assert resp.read() == body
+        assert resp.headers["Content-Disposition"] == "attachment; filename=x.bin"
+    # A presigned URL covers its method: the GET URL cannot delete.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(get_url, method="DELETE"), timeout=HTTP_TIMEOUT)
+    assert e.value.code == 403 and b"SignatureDoesNotMatch" in e.value.read()
+    assert s3.get_object(Bucket=bucket, Key="pre signed+key")["ContentLength"] == len(body)
+
+
+def test_presigned_url_expires(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    url = cluster.s3(signature_version="s3v4").generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=1)
+    time.sleep(2.2)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
+    body = e.value.read()
+    assert e.value.code == 403 and b"<Code>AccessDenied</Code>" in body and b"expired" in body
+
+
+def test_other_user_is_denied(cluster: DevCluster, s3, alt, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket=bucket, Key="secret", Body=b"mine")
+    calls = [
+        lambda: alt.get_object(Bucket=bucket, Key="secret"),
+        lambda: alt.put_object(Bucket=bucket, Key="theirs", Body=b"x"),
+        lambda: alt.delete_object(Bucket=bucket, Key="secret"),
+        lambda: alt.list_objects_v2(Bucket=bucket),
+        lambda: alt.list_object_versions(Bucket=bucket),
+        lambda: alt.create_multipart_upload(Bucket=bucket, Key="mp"),
+        lambda: alt.delete_bucket(Bucket=bucket),
+        lambda: alt.get_bucket_versioning(Bucket=bucket),
+        lambda: alt.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "secret"}]}),
+    ]
+    for call in calls:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert _code(e.value) == "AccessDenied" and _status(e.value) == 403
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alt.head_object(Bucket=bucket, Key="secret")
+    assert _status(e.value) == 403
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alt.create_bucket(Bucket=bucket)
+    assert _code(e.value) == "BucketAlreadyExists"
+    assert bucket not in [b["Name"] for b in alt.list_buckets()["Buckets"]]
+    # Copying out of someone else's bucket into one's own is refused too.
+    alt.create_bucket(Bucket=f"{bucket}-alt")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alt.copy_object(Bucket=f"{bucket}-alt", Key="stolen", CopySource={"Bucket": bucket, "Key": "secret"})
+    assert _code(e.value) == "AccessDenied"
+    # A URL the other user presigns is theirs: it does not open this bucket either.
+    url = alt.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "secret"}, ExpiresIn=60)
+    with pytest.raises(urllib.error.HTTPError) as he:
+        urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
+    assert he.value.code == 403
+    assert s3.get_object(Bucket=bucket, Key="secret")["Body"].read() == b"mine"
+
+
+def test_request_time_too_skewed(cluster: DevCluster, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = cluster.s3(retries={"max_attempts": 1})
+    skewed = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=20)
+
+    def clock(remove_tzinfo: bool = True) -> dt.datetime:
+        return skewed.replace(tzinfo=None) if remove_tzinfo else skewed
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", clock)
+    try:  # with awscrt installed botocore signs S3 requests with the CRT signer
+        monkeypatch.setattr(importlib.import_module("botocore.crt.auth"), "get_current_datetime", clock)
+    except ImportError:
+        pass
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client.put_object(Bucket=bucket, Key="late", Body=b"x")
+    assert _code(e.value) == "RequestTimeTooSkewed" and _status(e.value) == 403
+    with pytest.raises(botocore.exceptions.ClientError):
+        client.head_object(Bucket=bucket, Key="late")
+    monkeypatch.undo()
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client.head_object(Bucket=bucket, Key="late")
+    assert _status(e.value) == 404  # the skewed PUT stored nothing
+
+
+def test_unsigned_and_bad_signatures(cluster: DevCluster, bucket: str) -> None:
+    status, _, body = raw(cluster, "GET", f"/{bucket}", sign=False)
+    assert status == 403 and b"<Code>AccessDenied</Code>" in body
+    status, _, body = raw(cluster, "GET", f"/{bucket}", secret_key="wrong")
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+    status, _, body = raw(cluster, "GET", f"/{bucket}", access_key="NOSUCHKEY")
+    assert status == 403 and b"<Code>InvalidAccessKeyId</Code>" in body
+
+
+def test_expect_100_continue_refuses_before_the_body(cluster: DevCluster, bucket: str) -> None:
+    """An unsigned PUT with Expect: 100-continue gets its 403 at once, not a 100 Continue."""
+    host, port = urlsplit(cluster.endpoint).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=HTTP_TIMEOUT) as sock:
+        sock.sendall(f"PUT /{bucket}/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 123\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        first = sock.recv(4096).decode("latin-1")
+    assert first.startswith("HTTP/1.1 403"), first
+    # A signed one is told to go on, and an unknown Expect value is ignored (not 417).
+    status, _, _ = raw(cluster, "PUT", f"/{bucket}/expect", body=b"abc", headers={"Expect": "100-continue"})
+    assert status == 200
+    status, _, _ = raw(cluster, "PUT", f"/{bucket}/expect", body=b"abc", headers={"Expect": "200-ok"})
+    assert status == 200
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def test_checksum_mode_returns_the_crc32_sent(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(300 * 1024 + 5)
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    put = s3.put_object(Bucket=bucket, Key="c", Body=data, ChecksumAlgorithm="CRC32")
+    assert put["ChecksumCRC32"] == crc
+    got = s3.get_object(Bucket=bucket, Key="c", ChecksumMode="ENABLED")
+    assert got["ChecksumCRC32"] == crc and got["Body"].read() == data
+    assert s3.head_object(Bucket=bucket, Key="c", ChecksumMode="ENABLED")["ChecksumCRC32"] == crc
+    # Without ChecksumMode, or for a range, the whole-object checksum is not sent.
+    assert "ChecksumCRC32" not in s3.head_object(Bucket=bucket, Key="c")
+    assert "ChecksumCRC32" not in s3.get_object(Bucket=bucket, Key="c", Range="bytes=0-9", ChecksumMode="ENABLED")
+
+
+def test_wrong_checksums_are_refused(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    wrong_md5 = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="md5", Body=b"payload", ContentMD5=wrong_md5)
+    assert _code(e.value) == "BadDigest"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="md5", Body=b"payload", ContentMD5="not base64!")
+    assert _code(e.value) == "InvalidDigest"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="md5", Body=b"payload", ChecksumCRC32="AAAAAA==")
+    assert _status(e.value) == 400
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="md5")
+    assert _status(e.value) == 404
+
+
+def test_malformed_delete_objects_xml(cluster: DevCluster, bucket: str) -> None:
+    for body in (b"<Delete><Object><Key>a</Key></Object>", b"not xml at all", b"<Nope/>",
+                 b"<Delete>" + b"<Object><Key>k</Key></Object>" * 1001 + b"</Delete>"):
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        status, _, resp = raw(cluster, "POST", f"/{bucket}", "delete=", body, {"Content-MD5": md5})
+        assert status == 400 and b"<Code>MalformedXML</Code>" in resp, (body[:40], resp)
+
+
+def test_unknown_operations_are_not_implemented(s3, cluster: DevCluster, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]})
+    assert _code(e.value) == "NotImplemented" and _status(e.value) == 501
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_bucket_policy(Bucket=bucket)
+    assert _code(e.value) == "NotImplemented"
+    status, _, body = raw(cluster, "POST", f"/{bucket}/k", "select=&select-type=2", b"<x/>")
+    assert status == 501 and b"<Code>NotImplemented</Code>" in body
+    status, _, body = raw(cluster, "PATCH", f"/{bucket}/k")
+    assert_s3_error(status, body)
+    assert status in (405, 501)
+
+
+# ---------------------------------------------------------------- multipart copy
+
+
+def test_upload_part_copy_with_ranges(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    src = os.urandom(7 * 1024 * 1024 + 123)
+    s3.put_object(Bucket=bucket, Key="src", Body=src)
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
+    cut = 5 * 1024 * 1024 + 17
+    p1 = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=uid, PartNumber=1,
+                             CopySource={"Bucket": bucket, "Key": "src"}, CopySourceRange=f"bytes=0-{cut - 1}")
+    p2 = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=uid, PartNumber=2,
+                             CopySource={"Bucket": bucket, "Key": "src"}, CopySourceRange=f"bytes={cut}-{len(src) - 1}")
+    assert p1["CopyPartResult"]["ETag"] == f'"{hashlib.md5(src[:cut]).hexdigest()}"'
+    for bad, code in ((f"bytes=0-{len(src)}", "InvalidRange"), ("bytes=5-", "InvalidArgument"),
+                      ("bytes=-5", "InvalidArgument"), ("bytes=9-3", "InvalidArgument"), ("rows=1-2", "InvalidArgument")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=uid, PartNumber=3,
+                                CopySource={"Bucket": bucket, "Key": "src"}, CopySourceRange=bad)
+        assert _code(e.value) == code, bad
+    s3.complete_multipart_upload(Bucket=bucket, Key="dst", UploadId=uid, MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": p1["CopyPartResult"]["ETag"]}, {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]}]})
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == src
+    assert s3.get_object(Bucket=bucket, Key="dst", PartNumber=2)["Body"].read() == src[cut:]
+
+
+# ---------------------------------------------------------------- listings
+
+
+def test_list_objects_v1_pagination_with_markers(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    keys = sorted([f"a/{i:02d}" for i in range(7)] + [f"b/{i}" for i in range(3)] + ["c", "d", "e"])
+    for k in keys:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"")
+    seen, marker = [], ""
+    for _ in range(20):
+        page = s3.list_objects(Bucket=bucket, MaxKeys=4, Marker=marker)
+        seen += [o["Key"] for o in page.get("Contents", [])]
+        assert "NextMarker" not in page  # only sent with a delimiter: the next marker is the last key
+        if not page["IsTruncated"]:
+            break
+        marker = page["Contents"][-1]["Key"]
+    assert seen == keys
+    # With a delimiter, NextMarker names the last key or common prefix of the page.
+    rows, marker = [], ""
+    for _ in range(20):
+        page = s3.list_objects(Bucket=bucket, MaxKeys=2, Delimiter="/", Marker=marker)
+        rows += [p["Prefix"] for p in page.get("CommonPrefixes", [])] + [o["Key"] for o in page.get("Contents", [])]
+        if not page["IsTruncated"]:
+            break
+        marker = page["NextMarker"]
+    assert sorted(rows) == ["a/", "b/", "c", "d", "e"]
+    empty = s3.list_objects(Bucket=bucket, MaxKeys=0)
+    assert empty["IsTruncated"] is False and "Contents" not in empty
+    assert s3.list_objects_v2(Bucket=bucket, MaxKeys=0)["IsTruncated"] is False
+
+
+def test_list_object_versions_pagination(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    expected: list[tuple[str, str]] = []
+    for key in ("k1", "k2", "k3"):
+        ids = [s3.put_object(Bucket=bucket, Key=key, Body=str(i).encode())["VersionId"] for i in range(3)]
+        expected += [(key, v) for v in reversed(ids)]  # newest first within a key
+    marker = s3.delete_object(Bucket=bucket, Key="k2")["VersionId"]
+    expected.insert(3, ("k2", marker))
+    seen: list[tuple[str, str]] = []
+    kw: dict[str, str] = {}
+    for _ in range(30):
+        page = s3.list_object_versions(Bucket=bucket, MaxKeys=2, **kw)
+        rows = page.get("Versions", []) + page.get("DeleteMarkers", [])
+        rows.sort(key=lambda r: (r["Key"], [v for k, v in expected].index(r["VersionId"])))
+        seen += [(r["Key"], r["VersionId"]) for r in rows]
+        assert len(rows) <= 2
+        if not page["IsTruncated"]:
+            break
+        kw = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+    assert seen == expected
+    latest = {r["Key"]: r for r in s3.list_object_versions(Bucket=bucket)["Versions"] if r["IsLatest"]}
+    assert sorted(latest) == ["k1", "k3"]
+
+
+ODD_KEYS = ["a b", "a+b", "a%20b", "a%2Fb", "caf\u00e9", "\U0001F600/\U0001F680 x", "q?x=1&y=2", "tab\tkey",
+            "sp ace/", "x" * 1024, "\u00e9" * 512, "trailing space ", "<xml>&amp;'\""]
+
+
+def test_encoding_type_url_and_odd_keys(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    for k in ODD_KEYS:
+        s3.put_object(Bucket=bucket, Key=k, Body=k.encode())
+    # boto3 asks for encoding-type=url and decodes: every key comes back exactly
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert listed == sorted(ODD_KEYS, key=lambda k: k.encode())
+    assert [o["Key"] for o in s3.list_objects(Bucket=bucket)["Contents"]] == listed
+    assert sorted(v["Key"] for v in s3.list_object_versions(Bucket=bucket)["Versions"]) == sorted(ODD_KEYS)
+    for k in ODD_KEYS:
+        assert s3.get_object(Bucket=bucket, Key=k)["Body"].read() == k.encode()
+    # on the wire, the keys are percent-encoded
+    status, _, body = raw(cluster, "GET", f"/{bucket}", "encoding-type=url&list-type=2&prefix=a")
+    assert status == 200 and b"<Key>a%20b</Key>" in body and b"<Key>a%2B" in body.replace(b"%2b", b"%2B")
+    assert b"<Key>a%2520b</Key>" in body
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="y" * 1025, Body=b"")
+    assert _code(e.value) == "KeyTooLongError"
+    status, _, body = raw(cluster, "GET", f"/{bucket}", "encoding-type=base64")
+    assert status == 400 and b"InvalidArgument" in body
+
+
+def test_listing_pages_while_keys_come_and_go(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    stable = [f"k{i:03d}" for i in range(0, 60, 2)]
+    for k in stable:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"s")
+    doomed = [f"k{i:03d}x" for i in range(30, 60, 4)]  # ahead of the cursor, deleted before it gets there
+    for k in doomed:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"d")
+    seen: list[str] = []
+    token = None
+    added_behind, added_ahead = [], []
+    for page_no in range(40):
+        kw = {"ContinuationToken": token} if token else {}
+        page = s3.list_objects_v2(Bucket=bucket, MaxKeys=5, **kw)
+        seen += [o["Key"] for o in page.get("Contents", [])]
+        if page_no == 1:
+            for k in doomed:
+                s3.delete_object(Bucket=bucket, Key=k)
+            added_behind = ["k000a", "k001"]  # sorts before the cursor: must not be listed now
+            added_ahead = ["k055a", "k059z"]  # sorts after it: must be listed
+            for k in added_behind + added_ahead:
+                s3.put_object(Bucket=bucket, Key=k, Body=b"n")
+        if not page["IsTruncated"]:
+            break
+        token = page["NextContinuationToken"]
+    assert seen == sorted(seen) and len(seen) == len(set(seen)), seen
+    assert set(stable) <= set(seen)
+    assert not set(doomed) & set(seen)
+    assert not set(added_behind) & set(seen) and set(added_ahead) <= set(seen)
+
+
+# ---------------------------------------------------------------- GET options
+
+
+def test_response_overrides(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket=bucket, Key="o", Body=b"{}", ContentType="application/json", CacheControl="no-cache")
+    got = s3.get_object(Bucket=bucket, Key="o", ResponseContentType="text/plain",
+                        ResponseContentDisposition='attachment; filename="o.txt"', ResponseCacheControl="max-age=60",
+                        ResponseContentLanguage="fr", ResponseExpires=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc),
+                        ResponseContentEncoding="identity")
+    h = got["ResponseMetadata"]["HTTPHeaders"]
+    assert h["content-type"] == "text/plain" and h["content-disposition"] == 'attachment; filename="o.txt"'
+    assert h["cache-control"] == "max-age=60" and h["content-language"] == "fr"
+    assert h["content-encoding"] == "identity" and h["expires"].startswith("Tue, 01 Jan 2030")
+    assert s3.head_object(Bucket=bucket, Key="o")["CacheControl"] == "no-cache"
+
+
+def test_conditional_precedence(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    etag = s3.put_object(Bucket=bucket, Key="c", Body=b"data")["ETag"]
+    past = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+
+    def status(**kw: object) -> int:
+        try:
+            return s3.get_object(Bucket=bucket, Key="c", **kw)["ResponseMetadata"]["HTTPStatusCode"]
+        except botocore.exceptions.ClientError as e:
+            return _status(e)
+
+    assert status(IfModifiedSince=past) == 200
+    assert status(IfModifiedSince=future) == 304
+    assert status(IfUnmodifiedSince=future) == 200
+    assert status(IfUnmodifiedSince=past) == 412
+    # If-Match true wins over a false If-Unmodified-Since
+    assert status(IfMatch=etag, IfUnmodifiedSince=past) == 200
+    assert status(IfMatch='"other"', IfUnmodifiedSince=future) == 412
+    # If-None-Match false wins over a true If-Modified-Since; a true one makes If-Modified-Since moot
+    assert status(IfNoneMatch=etag, IfModifiedSince=past) == 304
+    assert status(IfNoneMatch='"other"', IfModifiedSince=future) == 200
+    # If-Match false beats If-None-Match: 412 before 304
+    assert status(IfMatch='"other"', IfNoneMatch=etag) == 412
+    # an unparseable date is ignored
+    assert s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=past)["Body"].read() == b"data"
+
+
+# ---------------------------------------------------------------- failures mid-request
+
+
+def _open_put(cluster: DevCluster, bucket: str, key: str, body: bytes) -> socket.socket:
+    """A PUT signed over `body` whose headers are sent: the caller sends the body, or part of it."""
+    host = urlsplit(cluster.endpoint).netloc
+    req = AWSRequest("PUT", f"{cluster.endpoint}/{bucket}/{quote(key)}", data=body,
+                     headers={"Host": host, "Content-Length": str(len(body))})
+    S3SigV4Auth(Credentials(cluster.access_key, cluster.secret_key), "s3", cluster.region).add_auth(req)
+    hostname, port = host.split(":")
+    sock = socket.create_connection((hostname, int(port)), timeout=HTTP_TIMEOUT)
+    head = f"PUT /{bucket}/{quote(key)} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    sock.sendall((head + "\r\n").encode())
+    return sock
+
+
+def test_client_disconnect_mid_put_leaves_nothing(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    from objstore.ring import Ring
+
+    key, size = "half-sent", 6 * 1024 * 1024  # well above the inline limit: real shard files
+    cmap = cluster.cluster_map()
+    partition = Ring(cmap).partition_of(bucket, key)
+    shard_dirs = [n.data_dir / "data" / f"{partition:05d}" for n in cluster.nodes]
+    before = {p for d in shard_dirs if d.exists() for p in d.iterdir()}
+    body = os.urandom(size)
+    with _open_put(cluster, bucket, key, body) as sock:
+        sock.sendall(body[: size * 2 // 3])  # a few stripes: the gateway has started every shard upload
+
+        def shards_started() -> bool:
+            return any(p not in before for d in shard_dirs if d.exists() for p in d.iterdir())
+        wait_until(shards_started, 10, "shard temp files of the half-sent PUT")
+    # the client is gone: the gateway must drop every shard, temp or renamed, and commit no record
+
+    def nothing_left() -> bool:
+        return not any(p not in before for d in shard_dirs if d.exists() for p in d.iterdir())
+    wait_until(nothing_left, 15, "the half-sent PUT's shards to be removed", interval=0.2)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket=bucket, Key=key)
+    assert _status(e.value) == 404
+    assert key not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    async def records_on_nodes() -> int:
+        async with cluster.node_client() as client:
+            found = await asyncio.gather(*(client.get_versions(n, bucket, key) for n in cmap.nodes))
+        return sum(len(f) for f in found)
+    assert asyncio.run(records_on_nodes()) == 0
+    # and the gateway still serves
+    s3.put_object(Bucket=bucket, Key=key, Body=b"whole")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"whole"
+
+
+def test_overlapping_puts_the_last_to_complete_wins(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """A PUT that started first but finished last is the object's content, as in S3."""
+    for size in (1000, 2 * 1024 * 1024 + 1):  # inline and streamed
+        slow, fast = b"S" * size, b"F" * size
+        with _open_put(cluster, bucket, "race", slow) as sock:
+            sock.sendall(slow[: size // 2])
+            time.sleep(0.2)
+            s3.put_object(Bucket=bucket, Key="race", Body=fast)
+            sock.sendall(slow[size // 2:])
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert s3.get_object(Bucket=bucket, Key="race")["Body"].read() == slow
+
+
+# ---------------------------------------------------------------- no input gives a 500
+
+
+def test_malformed_requests_never_500(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket=bucket, Key="obj", Body=b"0123456789")
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    b = f"/{bucket}"
+    cases: list[tuple[str, str, str, bytes, dict[str, str]]] = [
+        ("GET", b, "max-keys=abc", b"", {}),
+        ("GET", b, "max-keys=-1", b"", {}),
+        ("GET", b, "max-keys=99999999999999999999", b"", {}),
+        ("GET", b, "list-type=2&continuation-token=%%%", b"", {}),
+        ("GET", b, "list-type=3", b"", {}),
+        ("GET", b, "versions&max-keys=x", b"", {}),
+        ("GET", b, "versions&version-id-marker=zz&key-marker=obj", b"", {}),
+        ("GET", b, "uploads&max-uploads=x", b"", {}),
+        ("GET", b, "uploads&max-uploads=-3", b"", {}),
+        ("GET", f"{b}/mp", f"uploadId={uid}&max-parts=abc", b"", {}),
+        ("GET", f"{b}/mp", f"uploadId={uid}&part-number-marker=-1", b"", {}),
+        ("GET", f"{b}/mp", "uploadId=nonsense", b"", {}),
+        ("PUT", f"{b}/mp", f"uploadId={uid}&partNumber=0", b"x", {}),
+        ("PUT", f"{b}/mp", f"uploadId={uid}&partNumber=abc", b"x", {}),
+        ("PUT", f"{b}/mp", f"uploadId={uid}&partNumber=10001", b"x", {}),
+        ("GET", f"{b}/obj", "partNumber=0", b"", {}),
+        ("GET", f"{b}/obj", "partNumber=abc", b"", {}),
+        ("GET", f"{b}/obj", "versionId=garbage", b"", {}),
+        ("GET", f"{b}/obj", "", b"", {"Range": "bytes=abc"}),
+        ("GET", f"{b}/obj", "", b"", {"Range": "bytes=99999999999999999999999-"}),
+        ("GET", f"{b}/obj", "", b"", {"If-Modified-Since": "yesterday"}),
+        ("GET", f"{b}/obj", "", b"", {"If-Match": ""}),
+        ("POST", f"{b}/mp", f"uploadId={uid}", b"<CompleteMultipartUpload><Part>", {}),
+        ("POST", f"{b}/mp", f"uploadId={uid}", b"<CompleteMultipartUpload><Part><PartNumber>x</PartNumber>"
+                                               b"<ETag>a</ETag></Part></CompleteMultipartUpload>", {}),
+        ("POST", f"{b}/mp", f"uploadId={uid}", b"<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><x>&e;</x>", {}),
+        ("POST", b, "delete", b"<Delete><Object><VersionId>1</VersionId></Object></Delete>", {}),
+        ("PUT", b, "versioning", b"<VersioningConfiguration><Status>Maybe</Status></VersioningConfiguration>", {}),
+        ("PUT", b, "versioning", b"\xff\xfe garbage", {}),
+        ("PUT", "/new-bucket-fuzz", "", b"<CreateBucketConfiguration><LocationConstraint>", {}),
+        ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": "nobucket"}),
+        ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": f"{bucket}/obj", "x-amz-metadata-directive": "MOVE"}),
+        ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": "/%ff%fe/x"}),
+        ("PUT", f"{b}/meta", "", b"x", {"x-amz-meta-big": "v" * 3000}),
+        ("PUT", f"{b}/md5", "", b"x", {"Content-MD5": "!!!"}),
+        ("PUT", f"{b}/sha", "", b"x", {"x-amz-checksum-crc32": "nonsense"}),
+        ("PUT", f"{b}/acl", "acl", b"", {"x-amz-acl": "public-ready"}),
+        ("GET", "/%ff%fe", "", b"", {}),
+        ("GET", f"{b}/%00nul", "", b"", {}),
+        ("GET", f"{b}/..%2F..%2Fetc", "", b"", {}),
+        ("DELETE", f"{b}/obj", "versionId=", b"", {}),
+        ("GET", b, "encoding-type=url&delimiter=%ff", b"", {}),
+    ]
+    for method, path, query, body, headers in cases:
+        status, _, resp = raw(cluster, method, path, query, body, headers)
+        assert_s3_error(status, resp, head=method == "HEAD")
+        if not ({"Range", "If-Modified-Since"} & set(headers)):  # S3 ignores those when malformed
+            assert status >= 400, (method, path, query, status)
+    # Huge headers are refused by the HTTP layer with a 4xx, never a 500.
+    status, _, _ = raw(cluster, "GET", f"{b}/obj", headers={"x-amz-meta-huge": "h" * 100_000}, sign=False)
+    assert 400 <= status < 500
+    # and the gateway is still well
+    assert s3.get_object(Bucket=bucket, Key="obj")["Body"].read() == b"0123456789"
