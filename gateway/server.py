@@ -136,8 +136,16 @@ async def s3_middleware(request: web.Request, handler: Callable[[web.Request], A
         return error_response(e, request_id, resource, head=request.method == "HEAD")
     except web.HTTPException:
         raise
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client went away mid-request: nobody to answer, nothing to log beyond a line.
+            log.info("request %s %s %s: client closed the connection", request_id, request.method, resource)
+            return web.Response(status=400, reason="Client Closed Request")
+        log.exception("request %s %s %s failed", request_id, request.method, resource)
+        return error_response(S3Error("ServiceUnavailable"), request_id, resource, head=request.method == "HEAD")
     except Exception:
         log.exception("request %s %s %s failed", request_id, request.method, resource)
         return error_response(S3Error("InternalError"), request_id, resource, head=request.method == "HEAD")

@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -518,6 +519,29 @@ def test_client_disconnect_mid_put_leaves_nothing(cluster: DevCluster, s3, bucke
     # and the gateway still serves
     s3.put_object(Bucket=bucket, Key=key, Body=b"whole")
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"whole"
+
+
+def test_client_disconnect_mid_get_is_quiet(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """A reader that hangs up mid-body costs the gateway a log line, not a traceback, and nothing else."""
+    data = os.urandom(8 * 1024 * 1024)
+    s3.put_object(Bucket=bucket, Key="big", Body=data)
+    log = Path(cluster.require_gateway()["log"])
+    before = log.read_text(errors="replace").count("Traceback")
+    host = urlsplit(cluster.endpoint).netloc
+    for _ in range(3):
+        status, headers, _ = raw(cluster, "HEAD", f"/{bucket}/big")
+        assert status == 200
+        req = AWSRequest("GET", f"{cluster.endpoint}/{bucket}/big", headers={"Host": host})
+        S3SigV4Auth(Credentials(cluster.access_key, cluster.secret_key), "s3", cluster.region).add_auth(req)
+        hostname, port = host.split(":")
+        with socket.create_connection((hostname, int(port)), timeout=HTTP_TIMEOUT) as sock:
+            head = f"GET /{bucket}/big HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+            sock.sendall((head + "\r\n").encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a RST
+    time.sleep(1.0)
+    assert log.read_text(errors="replace").count("Traceback") == before, log.read_text()[-3000:]
+    assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
 
 
 def test_overlapping_puts_the_last_to_complete_wins(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
