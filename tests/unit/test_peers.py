@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,6 @@ def round_trip_and_stop(peer: Peer, workdir: Path, expected_servers: int) -> Non
     """Start `peer`, put/get/list one object, see a wrong secret refused, stop it and see every pid gone."""
     from botocore.exceptions import ClientError
 
-    began = time.monotonic()
     with peer:
         peer.start(workdir, timeout=30.0)
         pids = peer.pids
@@ -63,7 +61,6 @@ def round_trip_and_stop(peer: Peer, workdir: Path, expected_servers: int) -> Non
         assert refused.value.response["Error"]["Code"] in ("SignatureDoesNotMatch", "AccessDenied")
     assert all(pid_gone(pid) for pid in pids), f"a {peer.kind} server outlived stop()"
     assert peer.pids == []
-    assert time.monotonic() - began < 30.0
 
 
 @pytest.mark.integration
