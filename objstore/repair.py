@@ -180,6 +180,10 @@ class Repairer:
         summaries = await asyncio.gather(*(self.client.partition_records(n, p) for n in nodes), return_exceptions=True)
         holders: dict[tuple[str, str], dict[str, list[tuple[NodeInfo, int, bool, bool]]]] = defaultdict(
             lambda: defaultdict(list))
+        # Failed writes may only be judged with every node of the map heard: a shard on a node that is
+        # down or cut off is not a missing shard.
+        complete = len(nodes) == len(self.view.all_nodes()) and not any(
+            isinstance(r, BaseException) for r in summaries)
         for node, rows in zip(nodes, summaries):
             if isinstance(rows, BaseException):
                 continue
@@ -191,12 +195,12 @@ class Repairer:
         now = wall_ns()
         for (bucket, key), versions in holders.items():
             versioned = buckets.get(bucket, (None, None))[1] == "Enabled"
-            tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioned, now, stats)
+            tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioned, now, stats, complete)
         return tasks
 
     async def _plan_key(self, ring: Ring, p: int, owners: list[NodeInfo], bucket: str, key: str,
                         versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioned: bool,
-                        now: int, stats: RepairStats) -> list[Task]:
+                        now: int, stats: RepairStats, complete: bool) -> list[Task]:
         k, width = ring.ec.k, ring.ec.width
         owner_ids = {n.id for n in owners}
         ordered = sorted(versions, reverse=True)
@@ -208,7 +212,8 @@ class Repairer:
             old = self._aged(bucket, key, v, now)
             healthy_idx = {s for _, s, _, h in entries if h}
             superseded = newest is not None and v < newest and not versioned
-            failed = len(healthy_idx) < k and (newest is None or v > newest or superseded or not versioned)
+            # A write that never reached k nodes (damaged shards still count: unreadable is not garbage).
+            failed = complete and len({s for _, s, _, _ in entries}) < k
             if (superseded or failed) and old:
                 await self._remove_everywhere(bucket, key, v, {n.id: n for n, _, _, _ in entries})
                 stats.garbage_removed += 1
