@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -25,7 +26,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +43,7 @@ class PeerError(RuntimeError):
 
 
 def port_free(port: int, host: str = LOOPBACK) -> bool:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         try:
             s.bind((host, port))
         except OSError:
@@ -232,7 +232,8 @@ class Peer(abc.ABC):
         # forked workers normally exit with their parent; any left over are ended by their own pid
         for pid in children:
             if not pid_gone(pid):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> Self:
         return self
@@ -250,7 +251,7 @@ class Peer(abc.ABC):
 
     def _spawn(self, name: str, argv: Sequence[str], grace: float | None = None) -> ServerProc:
         """Start one server with its output in logs/<name>.log, in its own session so a terminal's
-        Ctrl-C reaches only the foreground runner, which then stops the servers in order."""
+        Ctrl-C reaches only the foreground runner, which then stops them all by pid."""
         log = self._path("logs", f"{name}.log")
         with open(log, "ab") as out:
             try:
