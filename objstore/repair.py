@@ -59,6 +59,7 @@ class Task:
     targets: dict[int, NodeInfo]  # missing index -> owner that should hold it
     stale: list[tuple[NodeInfo, str]] = field(default_factory=list)  # non-owner copies to drop once done
     size: int = 0
+    degraded: bool = False  # counted in objects_degraded until rebuilt
 
 
 class Throttle:
@@ -244,7 +245,8 @@ class Repairer:
             targets = {i: o for i, o in zip(missing, lacking) if self.alive(o)}
             stale = [(n, v) for n, _, _, _ in entries if n.id not in owner_ids]
             if targets or (stale and len(assigned) == width):
-                tasks.append(Task(ring, bucket, key, v, len(healthy_idx), targets, stale))
+                tasks.append(Task(ring, bucket, key, v, len(healthy_idx), targets, stale,
+                                  degraded=len(assigned) < width and len(targets) == len(missing)))
         return tasks
 
     async def _remove_everywhere(self, bucket: str, key: str, version: str, nodes: dict[str, NodeInfo]) -> None:
@@ -269,6 +271,8 @@ class Repairer:
                     stats.failures += 1
                     return
                 stats.objects_rebuilt += 1
+                if task.degraded:  # back to k+m on its owners: no longer at risk
+                    stats.objects_degraded -= 1
             # Every owner now holds its shard: copies on other nodes (handoffs, old owners) can go.
             for node, version in task.stale:
                 if node.id in {t.id for t in task.targets.values()}:
