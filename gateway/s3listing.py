@@ -12,6 +12,7 @@ from aiohttp import web
 
 from objstore.listing import KEY_CEILING, MergedListing, VersionInfo
 
+from gateway import versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.headers import ns_datetime, quote_etag
@@ -182,6 +183,13 @@ async def list_objects_v2(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return xml_response(render("ListBucketResult", body))  # type: ignore[arg-type]
 
 
+def _after_version_marker(versions: list[VersionInfo], marker: str) -> int:
+    """Position of the first version (newest first) that comes after `marker` in a versions listing."""
+    if marker == versioning.NULL:  # a key has one null version: resume just past it
+        return next((i + 1 for i, v in enumerate(versions) if versioning.is_null(v.version)), 0)
+    return next((i for i, v in enumerate(versions) if v.version < marker), len(versions))
+
+
 async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     url = _encoding(req)
@@ -191,9 +199,8 @@ async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if vid_marker and not key_marker:
         raise S3Error("InvalidArgument", "A version-id marker cannot be specified without a key marker.",
                       extra={"ArgumentName": "version-id-marker", "ArgumentValue": vid_marker})
-    if vid_marker not in ("", "null") and len(vid_marker) != 32:
-        raise S3Error("InvalidArgument", "Invalid version id specified",
-                      extra={"ArgumentName": "version-id-marker", "ArgumentValue": vid_marker})
+    if vid_marker:
+        versioning.check_version_id(vid_marker, "version-id-marker")
     max_keys = _max_keys(req)
     owner = owner_xml(gw, bucket.owner)
     rows: list[tuple[str, object]] = []
@@ -201,7 +208,7 @@ async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
     next_key = next_vid = None
     after = _skip_marker(key_marker, prefix, delimiter)
     # With a version-id marker the marker's own key may still have versions to show (those older than it).
-    resume_key = key_marker if key_marker and vid_marker and vid_marker != "null" else None
+    resume_key = key_marker if key_marker and vid_marker else None
     count = 0
     async for item in _walk(gw, bucket, prefix, delimiter, after, include_deleted=bool(bucket.versioning),
                             include=resume_key):
@@ -215,13 +222,14 @@ async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
             count += 1
             continue
         versions = item.versions or []
+        first = _after_version_marker(versions, vid_marker) if item.key == resume_key else 0
         for pos, v in enumerate(versions):
-            if item.key == resume_key and v.version >= vid_marker:
+            if pos < first:
                 continue
             if count >= max_keys:
                 truncated = True
                 break
-            vid = v.version if bucket.versioning else "null"
+            vid = versioning.shown(bucket, v.version) or versioning.NULL
             if v.deleted:
                 rows.append(("DeleteMarker", {"Key": _enc(item.key, url), "VersionId": vid, "IsLatest": pos == 0,
                                               "LastModified": ns_datetime(v.created), "Owner": owner}))

@@ -22,7 +22,8 @@ from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
 from gateway.s3buckets import owner_xml, xml_response
-from gateway.s3objects import copy_source, shown_version
+from gateway import versioning
+from gateway.s3objects import copy_source
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import parse_complete_multipart_upload, render
 
@@ -227,7 +228,7 @@ async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
         chosen.append(p)
     ring, partition, _ = _owners(gw, bucket, upload.key)
     etag = hashlib.md5(b"".join(bytes.fromhex(p["etag"]) for p in chosen)).hexdigest() + f"-{len(chosen)}"
-    version = new_version()
+    version = versioning.object_version(bucket)
     refs = [(PartRef(p["number"], p["size"], p["etag"], p["blob"]), _blob_from_value(gw, ring, p)) for p in chosen]
     meta = upload.meta
     template = ObjectRecord(
@@ -239,10 +240,9 @@ async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes committed: {e}") from None
     await _forget(gw, bucket, upload, list(stored.values()), keep_blobs={p["blob"] for p in chosen})
-    if bucket.versioning != "Enabled":
-        gw.background.spawn(gw.io.prune(ring, bucket.name, upload.key, keep=version))
+    versioning.retire_older(gw, bucket, upload.key, version)
     headers = {}
-    if (v := shown_version(bucket, version)) is not None:
+    if (v := versioning.shown_on_write(bucket, version)) is not None:
         headers["x-amz-version-id"] = v
     return xml_response(render("CompleteMultipartUploadResult", {
         "Location": f"/{bucket.name}/{upload.key}", "Bucket": bucket.name, "Key": upload.key,

@@ -14,6 +14,7 @@ from objstore.records import ObjectRecord, PartRef
 from objstore.ring import Ring
 from objstore.versions import new_version, version_time_ns
 
+from gateway import versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.headers import (ObjectMeta, check_conditions, content_md5, last_modified, meta_from_request,
@@ -23,27 +24,24 @@ from gateway.server import Gateway, S3Request
 from gateway.xmlio import parse_delete, render
 
 UNSUPPORTED_OBJECT_SUBRESOURCES = ("retention", "legal-hold", "torrent", "restore", "select", "attributes")
-NULL_VERSION = "null"
 
 
-def shown_version(bucket: Bucket, version: str) -> str | None:
-    """The version id a client sees: ours once versioning was ever enabled, else S3's "null" (not sent)."""
-    return version if bucket.versioning else None
-
-
-def wanted_version(bucket: Bucket, version_id: str | None) -> str | None:
-    if version_id is None or version_id == NULL_VERSION:
+async def resolve_version(gw: Gateway, bucket: Bucket, key: str, version_id: str | None) -> str | None:
+    """Our id of the version a versionId parameter names (None: the newest; "" if no null version exists)."""
+    if version_id is None:
         return None
-    if len(version_id) != 32:
-        raise S3Error("InvalidArgument", "Invalid version id specified",
-                      extra={"ArgumentName": "versionId", "ArgumentValue": version_id})
+    versioning.check_version_id(version_id)
+    if version_id == versioning.NULL:
+        return await versioning.null_version(gw, bucket, key) or ""
     return version_id
 
 
 async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None = None) -> ObjectVersion:
     """The version a read names: the newest, or the one asked for; errors as S3 gives them."""
     ring = gw.view.ring(bucket.pool)
-    version = wanted_version(bucket, version_id)
+    version = await resolve_version(gw, bucket, key, version_id)
+    if version == "":
+        raise S3Error("NoSuchVersion", extra={"Key": key, "VersionId": version_id or ""})
     obj = await gw.io.find(ring, bucket.name, key, version)
     if obj is None:
         if version is not None:
@@ -52,7 +50,8 @@ async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None
     if obj.deleted:
         if version is not None:
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.",
-                          headers={"x-amz-delete-marker": "true", "x-amz-version-id": obj.record.version})
+                          headers={"x-amz-delete-marker": "true",
+                                   "x-amz-version-id": versioning.shown(bucket, obj.record.version) or "null"})
         raise S3Error("NoSuchKey", extra={"Key": key}, headers={"x-amz-delete-marker": "true"})
     return obj
 
@@ -79,7 +78,7 @@ async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncItera
             sums = payload_checksum()  # type: ignore[operator]
         etag = digest.hex()
         # The version is drawn once the body is in: of two overlapping PUTs the one that completes last wins.
-        version = new_version()
+        version = versioning.object_version(bucket)
         template = ObjectRecord(
             bucket=bucket.name, key=key, version=version, shard=0, ec=ring.ec, size=blob.size, etag=etag,
             content_type=meta.content_type, headers=meta.headers, meta=meta.meta, checksum=sums,
@@ -90,8 +89,7 @@ async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncItera
     except BaseException:
         await gw.io.discard(blob)
         raise
-    if bucket.versioning != "Enabled":
-        gw.background.spawn(gw.io.prune(ring, bucket.name, key, keep=version))
+    versioning.retire_older(gw, bucket, key, version)
     return template
 
 
@@ -134,7 +132,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     rec = await store_object(gw, bucket, req.key, req.payload, meta, expect_md5,
                              payload_checksum=_payload_checksum(req))
     headers = {"ETag": quote_etag(rec.etag)}
-    if (v := shown_version(bucket, rec.version)) is not None:
+    if (v := versioning.shown_on_write(bucket, rec.version)) is not None:
         headers["x-amz-version-id"] = v
     if rec.checksum.get("algorithm"):
         headers[f"x-amz-checksum-{rec.checksum['algorithm'].lower()}"] = rec.checksum["value"]
@@ -169,7 +167,7 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
     check_conditions(req.headers, rec)
     # The stored checksum covers the whole object: S3 sends it only with whole-object answers.
     whole = "partNumber" not in req.query and parse_range(req.headers.get("Range"), rec.size) is None
-    headers = object_headers(rec, shown_version(bucket, rec.version), req.query,
+    headers = object_headers(rec, versioning.shown(bucket, rec.version), req.query,
                              checksum_mode=whole and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED")
     status = 200
     offset, length = 0, rec.size
@@ -220,23 +218,23 @@ async def head_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def delete_key(gw: Gateway, bucket: Bucket, key: str, version_id: str | None) -> tuple[bool, str | None]:
     """Delete one key (a delete marker) or one version (permanently). Returns (is delete marker, version)."""
     ring = gw.view.ring(bucket.pool)
-    if version_id is not None and version_id != NULL_VERSION:
-        version = wanted_version(bucket, version_id)
-        assert version is not None
+    if version_id is not None:
+        version = await resolve_version(gw, bucket, key, version_id)
+        if not version:  # "null" and the key has no null version: nothing to remove
+            return False, version_id
         obj = await gw.io.find(ring, bucket.name, key, version)
         await gw.io.delete_version(ring, bucket.name, key, version)
         return (obj is not None and obj.deleted), version_id
     partition = ring.partition_of(bucket.name, key)
-    version = new_version()
+    version = versioning.object_version(bucket)
     template = ObjectRecord(bucket=bucket.name, key=key, version=version, shard=0, ec=ring.ec, deleted=True,
                             created=version_time_ns(version))
     try:
         await gw.io.commit(ring, partition, template, [])
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"delete not durable: {e}") from None
-    if bucket.versioning != "Enabled":
-        gw.background.spawn(gw.io.prune(ring, bucket.name, key, keep=version))
-    return True, shown_version(bucket, version)
+    versioning.retire_older(gw, bucket, key, version)
+    return True, versioning.shown(bucket, version)
 
 
 async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
@@ -334,10 +332,10 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     new = await store_object(gw, bucket, req.key, gw.io.read(src), meta,
                              checksum=rec.checksum if not rec.multipart else None)
     headers = {}
-    if (v := shown_version(bucket, new.version)) is not None:
+    if (v := versioning.shown_on_write(bucket, new.version)) is not None:
         headers["x-amz-version-id"] = v
-    if src_bucket.versioning:
-        headers["x-amz-copy-source-version-id"] = rec.version
+    if (v := versioning.shown(src_bucket, rec.version)) is not None:
+        headers["x-amz-copy-source-version-id"] = v
     return xml_response(render("CopyObjectResult", {"LastModified": last_modified(new),
                                                     "ETag": quote_etag(new.etag)}), headers=headers)
 

@@ -353,11 +353,16 @@ class ObjectIO:
         await self._on_every_node(ring, ring.partition_of(bucket, key),
                                   lambda n: self.client.delete_record(n, bucket, key, version))
 
-    async def prune(self, ring: Ring, bucket: str, key: str, keep: str) -> None:
-        """Remove the versions older than `keep` (unversioned buckets keep only the newest)."""
+    async def prune(self, ring: Ring, bucket: str, key: str, keep: str,
+                    only: Callable[[str], bool] | None = None) -> None:
+        """Remove the versions older than `keep` (unversioned buckets keep only the newest).
+
+        With `only`, just the older versions it accepts (a versioning-suspended bucket retires its
+        older "null" versions and keeps the others).
+        """
         async def prune_node(node: NodeInfo) -> None:
             for rec in await self.client.get_versions(node, bucket, key):
-                if rec.version < keep:
+                if rec.version < keep and (only is None or only(rec.version)):
                     await self.client.delete_record(node, bucket, key, rec.version)
         await self._on_every_node(ring, ring.partition_of(bucket, key), prune_node)
 

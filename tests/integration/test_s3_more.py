@@ -372,6 +372,43 @@ def test_list_object_versions_pagination(s3, bucket: str) -> None:  # type: igno
     assert sorted(latest) == ["k1", "k3"]
 
 
+def test_null_versions(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """S3's null version: what a bucket not (or no longer) versioning writes; one per key, replaced in place."""
+    def versions() -> list[tuple[str, str]]:
+        page = s3.list_object_versions(Bucket=bucket)
+        rows = [(v["VersionId"], "v") for v in page.get("Versions", [])]
+        rows += [(m["VersionId"], "m") for m in page.get("DeleteMarkers", [])]
+        return sorted(rows)
+
+    def body(**kw: str) -> bytes:
+        return s3.get_object(Bucket=bucket, Key="k", **kw)["Body"].read()
+
+    assert "VersionId" not in s3.put_object(Bucket=bucket, Key="k", Body=b"v1")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    v2 = s3.put_object(Bucket=bucket, Key="k", Body=b"v2")["VersionId"]
+    assert versions() == sorted([(v2, "v"), ("null", "v")])
+    assert body(VersionId="null") == b"v1" and body() == b"v2"
+    assert s3.head_object(Bucket=bucket, Key="k", VersionId="null")["VersionId"] == "null"
+    s3.delete_object(Bucket=bucket, Key="k", VersionId="null")
+    assert versions() == [(v2, "v")]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        body(VersionId="null")
+    assert _code(e.value) == "NoSuchVersion"
+
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    assert "VersionId" not in s3.put_object(Bucket=bucket, Key="k", Body=b"v3")
+    assert "VersionId" not in s3.put_object(Bucket=bucket, Key="k", Body=b"v4")  # replaces v3, the null version
+    wait_until(lambda: versions() == sorted([(v2, "v"), ("null", "v")]), 10, "v3 to be retired")
+    assert body() == b"v4" and body(VersionId=v2) == b"v2"
+    s3.delete_object(Bucket=bucket, Key="k")  # a null delete marker, replacing v4
+    wait_until(lambda: versions() == sorted([(v2, "v"), ("null", "m")]), 10, "v4 to be retired")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        body()
+    assert _code(e.value) == "NoSuchKey"
+    s3.delete_object(Bucket=bucket, Key="k", VersionId="null")  # removing the marker uncovers v2
+    assert body() == b"v2"
+
+
 ODD_KEYS = ["a b", "a+b", "a%20b", "a%2Fb", "caf\u00e9", "\U0001F600/\U0001F680 x", "q?x=1&y=2", "tab\tkey",
             "sp ace/", "x" * 1024, "\u00e9" * 512, "trailing space ", "<xml>&amp;'\""]
 
