@@ -21,8 +21,10 @@ from aiohttp import web
 from objstore import auth
 from objstore.cluster import ClusterMap, ClusterMapError
 from objstore.config import NodeConfig
+from objstore.logs import setup_logging
 from objstore.records import KVRecord, ObjectRecord, RecordError
 
+from node import metrics
 from node.store import BlobMissing, CorruptShard, DiskFull, Store
 
 log = logging.getLogger("objstore.node")
@@ -88,7 +90,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     node = request.app[NODE]
-    if not auth.verify(node.cfg.secret, request.method, request.raw_path, request.headers):
+    # /metrics alone is unsigned: Prometheus cannot sign, and it serves counters only (see node/metrics.py)
+    if request.path != metrics.METRICS_PATH and not auth.verify(node.cfg.secret, request.method, request.raw_path,
+                                                                 request.headers):
         return _error(401, "unauthorized", "missing, stale or invalid signature")
     if FAULT_DELAY and request.path != "/health":
         await asyncio.sleep(FAULT_DELAY)  # fault hook: a slow disk or link, for the hedged-read chaos test
@@ -321,8 +325,10 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None) -> web.Applicatio
     fail_after = os.environ.get("OBJSTORE_FAULT_DISK_FULL_AFTER")
     store = Store(cfg.data_dir, cmap.partition_bits, cfg.fsync, int(fail_after) if fail_after else None)
     node = Node(cfg, store, cmap, ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"disk-{cfg.id}"))
-    app = web.Application(middlewares=[auth_middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[metrics.observe_middleware, auth_middleware],
+                          client_max_size=64 * 1024 * 1024)
     app[NODE] = node
+    metrics.install(app, node)
     r = app.router
     r.add_put("/blob", put_blob)
     r.add_get("/blob", get_blob)
@@ -361,7 +367,7 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None) -> web.Applicatio
 
 def run(cfg: NodeConfig) -> None:
     """Serve the node RPC until SIGTERM or SIGINT."""
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(cfg.log_level, cfg.id)
     try:
         import uvloop
 
