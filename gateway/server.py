@@ -14,14 +14,16 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion11, web
 from multidict import MultiDictProxy
 
-from objstore.client import NodeClient
+from objstore.client import REQUEST_ID, NodeClient
 from objstore.cluster import ClusterMap
 from objstore.config import GatewayConfig, User
 from objstore.kv import ReplicatedKV
+from objstore.logs import setup_logging
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
 from objstore.view import ClusterView
 
+from gateway import admin, metrics
 from gateway.buckets import Buckets
 from gateway.errors import S3Error, error_response
 from gateway.sigv4 import Authenticator, PayloadReader
@@ -127,6 +129,7 @@ async def s3_middleware(request: web.Request, handler: Callable[[web.Request], A
                         ) -> web.StreamResponse:
     request_id = secrets.token_hex(8).upper()
     request["request_id"] = request_id
+    REQUEST_ID.set(request_id)  # NodeClient sends it to the nodes; log lines of this request carry it
     resource = request.path
     try:
         response = await handler(request)
@@ -158,6 +161,7 @@ async def handle_s3(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     bucket, key = split_path(request.raw_path)
     handler = select_handler(request.method, bucket, key, request.query, request.headers)
+    request[metrics.OPERATION] = handler.__name__
     result = gw.auth.authenticate(request)
     s3req = S3Request(request, bucket, key, request.query, result.user, result.payload, request["request_id"])
     if len(key.encode("utf-8", "surrogatepass")) > 1024:
@@ -224,9 +228,10 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     users = {u.access_key: u for u in cfg.users}
     kv = ReplicatedKV(client, background)
     gw = Gateway(cfg, view, client, ObjectIO(view, client, executor, background), kv, Buckets(view, kv), Authenticator(users, cfg.region), executor, background, users)
-    app = web.Application(middlewares=[s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
+    app = web.Application(middlewares=[metrics.observe_middleware, s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
     app[GATEWAY] = gw
     app.router.add_get("/_objstore/health", handle_health)
+    admin.install(app, users, view, cfg.secret)
     app.router.add_route("*", "/{tail:.*}", handle_s3, expect_handler=expect_continue)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
@@ -245,7 +250,7 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
 
 def run(cfg: GatewayConfig) -> None:
     """Serve S3 until SIGTERM or SIGINT."""
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(cfg.log_level, "gateway")
     try:
         import uvloop
 

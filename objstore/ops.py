@@ -70,7 +70,8 @@ async def collect_status(cmap: ClusterMap, secret: str) -> dict[str, Any]:
             "id": n.id, "zone": n.zone, "address": n.address, "labels": n.labels, "weight": n.weight,
             "map_state": n.state, "state": state, "reachable": n.id in health, "seen_by": seen_by,
             "records": h.get("records"), "blobs": h.get("blobs"), "blob_bytes": h.get("blob_bytes"),
-            "disk_free": h.get("disk_free"), "corrupt_found": h.get("corrupt_found"), "epoch": h.get("epoch"),
+            "disk_free": h.get("disk_free"), "disk_total": h.get("disk_total"),
+            "corrupt_found": h.get("corrupt_found"), "epoch": h.get("epoch"),
         })
     names = {f.name for f in fields(RepairStats)}
     repair = summarize(RepairStats(**{k: v for k, v in h.get("repair", {}).items() if k in names})
