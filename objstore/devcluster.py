@@ -29,7 +29,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -383,28 +384,35 @@ def run_dev(opts: DevOptions, console: Console | None = None) -> None:
     if node_missing:
         raise DevError(f"the storage node cannot run: {node_missing}")
     gateway_missing = module_runnable("gateway")
-    setup = prepare(opts)
-    lock = open(setup.root / ".lock", "a+")  # held while we run: two supervisors on one data dir would fight
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise DevError(f"another `objstore dev` is running on {setup.root}") from None
-    setup.cluster_file.unlink(missing_ok=True)  # it described processes that are gone
-    sup = Supervisor(setup, console, opts.ready_timeout, gateway_missing)
-    sup.install_signal_handlers()
-    try:
+    with _exclusive(opts.data):
+        setup = prepare(opts)
+        setup.cluster_file.unlink(missing_ok=True)  # it described processes that are gone
+        sup = Supervisor(setup, console, opts.ready_timeout, gateway_missing)
+        sup.install_signal_handlers()
         try:
-            sup.start()
-        except DevError:
-            if sup.stop_requested:  # SIGTERM while starting is a normal stop, not a failure
-                return
-            raise
-        print_banner(sup, console, gateway_missing)
-        sup.supervise()
-        console.print("stopping")
-    finally:
-        sup.stop()
-        lock.close()
+            try:
+                sup.start()
+            except DevError:
+                if sup.stop_requested:  # SIGTERM while starting is a normal stop, not a failure
+                    return
+                raise
+            print_banner(sup, console, gateway_missing)
+            sup.supervise()
+            console.print("stopping")
+        finally:
+            sup.stop()
+
+
+@contextmanager
+def _exclusive(data: Path) -> Iterator[None]:
+    """Hold a lock on the data dir: two supervisors of one cluster would fight over its ports and files."""
+    data.mkdir(parents=True, exist_ok=True)
+    with open(data / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DevError(f"another `objstore dev` is running on {data.resolve()}") from None
+        yield
 
 
 @click.command("dev")

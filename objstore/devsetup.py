@@ -171,7 +171,7 @@ def prepare(opts: DevOptions) -> DevSetup:
     creds_raw = _read_or_create(
         root / "credentials.json",
         lambda: json.dumps(
-            {"access_key": "OBJ" + secrets.token_hex(8).upper()[:17], "secret_key": secrets.token_urlsafe(30)}
+            {"access_key": "OBJ" + secrets.token_hex(9).upper()[:17], "secret_key": secrets.token_urlsafe(30)}
         ).encode(),
     )
     creds = json.loads(creds_raw)

@@ -222,6 +222,10 @@ class DevCluster:
     def node_ready(self, node_id: str) -> bool:
         return probe_node(self.node(node_id).address, self.secret)
 
+    def gateway_ready(self) -> bool:
+        gw = self.require_gateway()
+        return probe_gateway(LOOPBACK, int(gw["port"]))
+
     def kill_node(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
         """Send `sig` to the node's pid and wait until the process is gone."""
         node = self.node(node_id)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif parts and parts[0] == "chaos":
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.chaos)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """When a test that used a dev cluster fails, attach the tail of every process log to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "teardown":
+        return
+    clusters: list[DevCluster] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, DevCluster):
+            clusters.append(value)
+        elif isinstance(value, DevClusterFactory):
+            clusters.extend(value.started)
+    for i, cluster in enumerate(clusters):
+        names = ["dev", *(n.id for n in cluster.nodes)] + (["gateway"] if cluster.gateway else [])
+        for name in names:
+            report.sections.append((f"cluster {i} {name} log (tail)", cluster.log_tail(name, lines=15)))
 
 
 @pytest.fixture
