@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import itertools
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -122,6 +123,7 @@ class CellResult:
     client_cpu_seconds: float = 0.0  # the generator's own CPU over the cell (all its threads)
     server: dict[str, Any] = field(default_factory=dict)  # cpu_seconds, peak_rss_bytes (summed), per_pid
     first_error: str = ""  # one full error message, for the reader who wonders what the kinds mean
+    load_average: float = 0.0  # the machine's 1-minute load average at the end: above its cores, figures are noisy
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -280,5 +282,5 @@ async def run_cell(
         mb_per_s=round(tally.bytes / elapsed / 1e6, 3) if elapsed else 0.0,
         latency_ms=latency_summary(every), errors_by_kind=dict(tally.errors), by_op=by_op, listed=tally.listed,
         stopped_by=cell.stopped_by, client_cpu_seconds=round(client_cpu, 3), server=server,
-        first_error=tally.first_error,
+        first_error=tally.first_error, load_average=round(os.getloadavg()[0], 2),
     )

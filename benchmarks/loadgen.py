@@ -216,7 +216,7 @@ async def run_workload(
 def results_table(results: Sequence[CellResult], title: str = "S3 load") -> Table:
     table = Table(title=title)
     for name in ("workload", "size", "conc", "ops", "errors", "ops/s", "MB/s", "p50 ms", "p99 ms", "max ms",
-                 "client CPU", "server CPU s", "server RSS MiB"):
+                 "gen CPU", "srv CPU s", "srv RSS MiB"):
         table.add_column(name, justify="left" if name in ("workload", "size") else "right")
     for r in results:
         lat = r.latency_ms
@@ -326,6 +326,8 @@ def _sink_summary(results: Sequence[CellResult]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a file or a pipe gets the whole table, not 80 squeezed columns
     sink = args.against_sink
     sink_proc: subprocess.Popen[str] | None = None
     try:
@@ -345,7 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"endpoint": target.endpoint, "bucket": target.bucket, "region": target.region, "pids": pids,
             "against_sink": sink, "seed": args.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "argv": list(sys.argv[1:] if argv is None else argv), "python": sys.version.split()[0],
-            "cpus": os.cpu_count(), "loop": "uvloop" if _uvloop() else "asyncio"}
+            "cpus": os.cpu_count(), "loop": "uvloop" if _uvloop() else "asyncio",
+            "load_average": round(os.getloadavg()[0], 2)}
+    if meta["load_average"] > (os.cpu_count() or 1):
+        console.print(f"[yellow]this machine is busy (load average {meta['load_average']} on {os.cpu_count()} "
+                      "cores): the figures will be noisy[/yellow]")
     results: list[CellResult] = []
 
     async def report(result: CellResult) -> None:
