@@ -1,21 +1,37 @@
-"""A node's disk: object records, KV documents and blob rows in SQLite (WAL), shard files under data/."""
+"""A node's disk: object records, blob rows and KV documents in SQLite (WAL, one thread), shard files under data/."""
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgpack
 import xxhash
 
+from node.shards import (
+    CORRUPT_SUFFIX,
+    BlobRow,
+    BlobWriter,
+    CorruptShard,
+    DiskFull,
+    ShardReader,
+    check_blob_id,
+    is_disk_full,
+    sweep_temp_files,
+    unlink_shard,
+)
 from objstore.records import KVRecord, ListEntry, ObjectRecord, RecordError
 from objstore.ring import partition_of
+
+__all__ = ["BlobMissing", "BlobReferenced", "BlobRow", "CorruptShard", "DiskFull", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -31,39 +47,53 @@ CREATE TABLE IF NOT EXISTS blobs (
     state TEXT NOT NULL, created INTEGER NOT NULL,
     PRIMARY KEY (blob, shard)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_refs (
+    blob TEXT NOT NULL, shard INTEGER NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,
+    PRIMARY KEY (blob, shard, bucket, key, version)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kv (
-    ns TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, record BLOB NOT NULL,
+    ns TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
+    record BLOB NOT NULL,
     PRIMARY KEY (ns, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
+SCHEMA_VERSION = 2  # PRAGMA user_version; 1 had no blob_refs table and no kv.deleted column
 
-TEMP_SUFFIX = ".tmp"
-CORRUPT_SUFFIX = ".corrupted"
-
-
-class DiskFull(OSError):
-    """No space left: nothing half-written was kept."""
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class BlobMissing(Exception):
     """A record names a blob this node does not hold (or holds with other checksums)."""
 
 
-@dataclass
-class BlobRow:
-    blob: str
-    shard: int
-    partition: int
-    path: str
-    size: int
-    block_size: int
-    checksums: list[int]
-    state: str  # pending, committed or corrupt
-    created: int
+class BlobReferenced(Exception):
+    """A blob some record still needs cannot be deleted on its own."""
+
+
+def on_sql_thread(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Run a Store method on the store's one SQLite thread (inline when already there), so any thread may call it."""
+
+    def wrapper(self: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+        if getattr(self._local, "sql", False):
+            return fn(self, *args, **kwargs)
+        return self.sql_executor.submit(fn, self, *args, **kwargs).result()
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+def _blob_row(r: tuple[Any, ...]) -> BlobRow:
+    return BlobRow(r[0], r[1], r[2], r[3], r[4], r[5], list(msgpack.unpackb(r[6])), r[7], r[8])
 
 
 class Store:
-    """All of one node's persistent state. Methods block: call them from the node's disk executor."""
+    """All of one node's persistent state.
+
+    SQLite is used from one dedicated thread (`sql_executor`): methods marked on_sql_thread hop there.
+    Every method blocks, so the server calls them through an executor, never on the event loop.
+    """
 
     def __init__(self, data_dir: str | os.PathLike[str], partition_bits: int, fsync: bool = True,
                  fail_after_bytes: int | None = None) -> None:
@@ -72,148 +102,145 @@ class Store:
         self.data.mkdir(parents=True, exist_ok=True)
         self.partition_bits = partition_bits
         self.fsync = fsync
-        self.fail_after_bytes = fail_after_bytes  # fault hook: ENOSPC after this many shard bytes
+        self.fail_after_bytes = fail_after_bytes
+        """Fault hook: a shard upload fails with ENOSPC once it would pass this many bytes."""
         self._local = threading.local()
-        self.corrupt_found = 0
-        db = self._db()
-        db.executescript(SCHEMA)
-        db.commit()
+        self.sql_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite",
+                                               initializer=self._mark_sql_thread)
+        self._db: sqlite3.Connection = self.sql_executor.submit(self._open_db).result()
+        self._unreadable: set[tuple[str, str, str, int]] = set()
+        self.corrupt_found = self._counter("corrupt_found")
         self.swept = self.sweep_temp_files()
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.root / "records.db", isolation_level=None, check_same_thread=True)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-            db.execute("PRAGMA busy_timeout=10000")
-            self._local.db = db
+    def _mark_sql_thread(self) -> None:
+        self._local.sql = True
+
+    def _open_db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "records.db", isolation_level=None, check_same_thread=True)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+        db.execute("PRAGMA busy_timeout=10000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        had_objects = db.execute("SELECT 1 FROM sqlite_master WHERE name='objects'").fetchone() is not None
+        db.executescript(SCHEMA)
+        if had_objects and version < SCHEMA_VERSION:
+            _migrate_v1(db)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        def shut() -> None:
+            self._db.close()
+
+        self.sql_executor.submit(shut).result()
+        self.sql_executor.shutdown(wait=True)
 
     def sweep_temp_files(self) -> int:
         """Remove temp files a crash left behind (they were never committed)."""
-        n = 0
-        for path in self.data.rglob(f"*{TEMP_SUFFIX}"):
-            path.unlink(missing_ok=True)
-            n += 1
-        return n
+        return sweep_temp_files(self.data)
 
     # -- shard files ----------------------------------------------------------------------------
 
     def blob_path(self, partition: int, blob: str, shard: int) -> Path:
-        return self.data / f"{partition:05d}" / f"{blob}.{shard}"
+        return self.data / f"{partition:05d}" / f"{check_blob_id(blob)}.{int(shard)}"
 
-    def open_temp(self, partition: int, blob: str, shard: int) -> tuple[Path, int]:
-        final = self.blob_path(partition, blob, shard)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.name}.{os.getpid()}.{time.monotonic_ns()}{TEMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return tmp, fd
+    def begin_blob(self, partition: int, blob: str, shard: int, block_size: int) -> BlobWriter:
+        return BlobWriter(self.blob_path(partition, blob, shard), block_size, self.fsync, self.fail_after_bytes)
 
-    def write_chunk(self, fd: int, data: bytes, written: int) -> None:
-        if self.fail_after_bytes is not None and written + len(data) > self.fail_after_bytes:
-            raise DiskFull(errno.ENOSPC, "No space left on device (fault hook)")
+    def finish_blob(self, w: BlobWriter, partition: int, blob: str, shard: int) -> BlobRow:
+        """Make an upload durable (fsync, rename, fsync dir), THEN add its row as pending; undone on failure."""
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(e.errno, e.strerror) from None
+            w.finish()
+            row = BlobRow(blob, shard, partition, str(w.final.relative_to(self.root)), w.size, w.block_size,
+                          w.checksums, "pending", time.time_ns())
+            return self._add_blob(row)
+        except BaseException as e:
+            if w.renamed:  # durable on disk but not recorded: no row may point at it, so it goes
+                w.final.unlink(missing_ok=True)
+            if is_disk_full(e) and not isinstance(e, DiskFull):
+                raise DiskFull(errno.ENOSPC, f"No space left: {e}") from None
             raise
 
-    def finish_blob(self, tmp: Path, fd: int, partition: int, blob: str, shard: int, size: int,
-                    block_size: int, checksums: list[int]) -> None:
-        """fsync, rename, fsync the directory, then record the blob as pending."""
-        try:
-            if self.fsync:
-                os.fsync(fd)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(e.errno, e.strerror) from None
-            raise
-        os.close(fd)
-        final = self.blob_path(partition, blob, shard)
-        os.replace(tmp, final)
-        if self.fsync:
-            dfd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        self._db().execute(
-            "INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
-            (blob, shard, partition, str(final.relative_to(self.root)), size, block_size,
-             msgpack.packb(checksums), "pending", time.time_ns()))
+    @on_sql_thread
+    def _add_blob(self, row: BlobRow) -> BlobRow:
+        # A blob re-sent for a record that already names it (repair) stays committed.
+        if self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
+                            (row.blob, row.shard)).fetchone():
+            row.state = "committed"
+        self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
+                         (row.blob, row.shard, row.partition, row.path, row.size, row.block_size,
+                          msgpack.packb(row.checksums), row.state, row.created))
+        return row
 
-    def abort_blob(self, tmp: Path, fd: int | None) -> None:
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        tmp.unlink(missing_ok=True)
-
+    @on_sql_thread
     def blob(self, blob: str, shard: int) -> BlobRow | None:
-        row = self._db().execute("SELECT * FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
-        if row is None:
-            return None
-        return BlobRow(row[0], row[1], row[2], row[3], row[4], row[5], msgpack.unpackb(row[6]), row[7], row[8])
+        row = self._db.execute("SELECT * FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+        return _blob_row(row) if row else None
+
+    @on_sql_thread
+    def blobs(self) -> list[BlobRow]:
+        """Every blob not quarantined (what scrub re-reads)."""
+        return [_blob_row(r) for r in self._db.execute("SELECT * FROM blobs WHERE state != 'corrupt'")]
+
+    def open_shard(self, row: BlobRow) -> ShardReader:
+        """A verified reader of a shard; damage found quarantines the file and raises CorruptShard."""
+        return ShardReader(self.root / row.path, row, self.quarantine)
 
     def read_blob_blocks(self, row: BlobRow, first_block: int, last_block: int) -> Iterator[bytes]:
         """Blocks [first, last] of a shard, each verified; a mismatch quarantines the file and raises."""
-        path = self.root / row.path
-        try:
-            actual = path.stat().st_size
-        except FileNotFoundError:
-            self.quarantine(row, "file missing")
-            raise
-        if actual != row.size:
-            self.quarantine(row, f"size {actual}, expected {row.size}")
-            raise CorruptShard(row, f"size {actual}, expected {row.size}")
-        with open(path, "rb") as f:
-            f.seek(first_block * row.block_size)
+        with self.open_shard(row) as reader:
             for b in range(first_block, last_block + 1):
-                data = f.read(row.block_size)
-                if b >= len(row.checksums) or xxhash.xxh3_64_intdigest(data) != row.checksums[b]:
-                    self.quarantine(row, f"block {b} checksum mismatch")
-                    raise CorruptShard(row, f"block {b} checksum mismatch")
-                yield data
+                yield reader.read_blocks(b, 1)
 
     def quarantine(self, row: BlobRow, why: str) -> None:
         """Move a damaged shard aside (never served again) and count it; repair rebuilds it."""
         path = self.root / row.path
-        if path.exists():
+        try:
             os.replace(path, path.with_name(path.name + CORRUPT_SUFFIX))
-        self._db().execute("UPDATE blobs SET state='corrupt' WHERE blob=? AND shard=?", (row.blob, row.shard))
-        self.corrupt_found += 1
+        except FileNotFoundError:
+            pass
+        self._mark_corrupt(row.blob, row.shard)
 
-    def delete_blob(self, blob: str, shard: int) -> bool:
-        row = self.blob(blob, shard)
-        if row is None:
+    @on_sql_thread
+    def _mark_corrupt(self, blob: str, shard: int) -> None:
+        cur = self._db.execute("UPDATE blobs SET state='corrupt' WHERE blob=? AND shard=? AND state!='corrupt'",
+                               (blob, shard))
+        if cur.rowcount:
+            self._bump("corrupt_found")
+
+    def delete_blob(self, blob: str, shard: int, force: bool = False) -> bool:
+        """Remove a shard file and its row; a blob a record still references is kept unless `force`."""
+        path = self._forget_blob(blob, shard, force)
+        if path is None:
             return False
-        for p in (self.root / row.path, self.root / (row.path + CORRUPT_SUFFIX)):
-            p.unlink(missing_ok=True)
-        self._db().execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
+        unlink_shard(self.root / path)
         return True
 
-    def blobs(self) -> list[BlobRow]:
-        rows = self._db().execute("SELECT * FROM blobs WHERE state != 'corrupt'").fetchall()
-        return [BlobRow(r[0], r[1], r[2], r[3], r[4], r[5], msgpack.unpackb(r[6]), r[7], r[8]) for r in rows]
+    @on_sql_thread
+    def _forget_blob(self, blob: str, shard: int, force: bool) -> str | None:
+        row = self._db.execute("SELECT path FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+        if row is None:
+            return None
+        if not force and self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
+                                          (blob, shard)).fetchone():
+            raise BlobReferenced(f"blob {blob}.{shard} is referenced by a record")
+        self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
+        return str(row[0])
 
     # -- object records -------------------------------------------------------------------------
 
     def put_record(self, rec: ObjectRecord) -> None:
-        """Commit a record once every present, non-inline part's blob is here with the same checksums."""
-        db = self._db()
+        """Commit a record once every present, non-inline part's blob is here with the same checksums.
+
+        Blobs the previous copy of this record referenced and nothing references any more are removed.
+        """
+        for path in self._put_record(rec):
+            unlink_shard(self.root / path)
+
+    @on_sql_thread
+    def _put_record(self, rec: ObjectRecord) -> list[str]:
+        db = self._db
+        needed = [p.blob for p in rec.parts if p.inline is None and p.present]
         for part in rec.parts:
             if part.inline is not None or not part.present:
                 continue
@@ -222,68 +249,100 @@ class Store:
                 raise BlobMissing(f"blob {part.blob}.{rec.shard} is not on this node")
             if row.checksums != part.checksums:
                 raise BlobMissing(f"blob {part.blob}.{rec.shard} has other checksums than the record")
+        ident = (rec.bucket, rec.key, rec.version)
+        old = {b for (b,) in db.execute("SELECT blob FROM blob_refs WHERE bucket=? AND key=? AND version=? "
+                                        "AND shard=?", (*ident, rec.shard))}
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
                         rec.etag, rec.created, rec.pack()))
-            for part in rec.parts:
-                if part.inline is None and part.present:
-                    db.execute("UPDATE blobs SET state='committed' WHERE blob=? AND shard=?", (part.blob, rec.shard))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=? AND shard=?", (*ident, rec.shard))
+            for blob in needed:
+                db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)", (blob, rec.shard, *ident))
+                db.execute("UPDATE blobs SET state='committed' WHERE blob=? AND shard=? AND state='pending'",
+                           (blob, rec.shard))
+            paths = self._drop_unreferenced(old - set(needed), rec.shard)
+        self._unreadable.discard((*ident, rec.shard))
+        return paths
 
+    def _drop_unreferenced(self, blobs: set[str], shard: int) -> list[str]:
+        paths = []
+        for blob in blobs:
+            if self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1", (blob, shard)).fetchone():
+                continue
+            row = self._db.execute("SELECT path FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+            if row is not None:
+                self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
+                paths.append(str(row[0]))
+        return paths
+
+    def _readable(self, rows: list[tuple[Any, ...]]) -> list[ObjectRecord]:
+        """Unpack stored records; one that no longer reads back is skipped and counted once (repair rewrites it)."""
+        out = []
+        for bucket, key, version, shard, packed in rows:
+            try:
+                out.append(ObjectRecord.unpack(packed))
+            except RecordError:
+                if (bucket, key, version, shard) not in self._unreadable:
+                    self._unreadable.add((bucket, key, version, shard))
+                    self._bump("corrupt_found")
+        return out
+
+    @on_sql_thread
     def get_record(self, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         """The records (one per shard held) of the newest version of a key, or of the given version."""
-        db = self._db()
         if version is None:
-            row = db.execute("SELECT max(version) FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
-            version = row[0] if row else None
-            if version is None:
+            row = self._db.execute("SELECT max(version) FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+            if row is None or row[0] is None:
                 return []
-        rows = db.execute("SELECT record FROM objects WHERE bucket=? AND key=? AND version=? ORDER BY shard",
-                          (bucket, key, version)).fetchall()
-        return [ObjectRecord.unpack(r[0]) for r in rows]
+            version = str(row[0])
+        return self._readable(self._db.execute(
+            "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=? AND key=? AND version=? "
+            "ORDER BY shard", (bucket, key, version)).fetchall())
 
+    @on_sql_thread
     def versions(self, bucket: str, key: str) -> list[ObjectRecord]:
-        rows = self._db().execute("SELECT record FROM objects WHERE bucket=? AND key=? ORDER BY version DESC, shard",
-                                  (bucket, key)).fetchall()
-        return [ObjectRecord.unpack(r[0]) for r in rows]
+        """Every record of a key, newest version first."""
+        return self._readable(self._db.execute(
+            "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=? AND key=? "
+            "ORDER BY version DESC, shard", (bucket, key)).fetchall())
 
     def delete_record(self, bucket: str, key: str, version: str) -> int:
-        """Remove a version's records and the blobs no other record references."""
-        db = self._db()
-        recs = [ObjectRecord.unpack(r[0]) for r in db.execute(
-            "SELECT record FROM objects WHERE bucket=? AND key=? AND version=?", (bucket, key, version))]
-        db.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version=?", (bucket, key, version))
-        for rec in recs:
-            for part in rec.parts:
-                if part.inline is None and part.present and not self._blob_referenced(rec, part.blob):
-                    self.delete_blob(part.blob, rec.shard)
-        return len(recs)
+        """Remove a version's records, and the blobs no other record references. Returns the records removed."""
+        n, paths = self._delete_record(bucket, key, version)
+        for path in paths:
+            unlink_shard(self.root / path)
+        return n
 
-    def _blob_referenced(self, rec: ObjectRecord, blob: str) -> bool:
-        for (packed,) in self._db().execute("SELECT record FROM objects WHERE bucket=? AND key=? AND shard=?",
-                                            (rec.bucket, rec.key, rec.shard)):
-            if any(p.blob == blob and p.present for p in ObjectRecord.unpack(packed).parts):
-                return True
-        return False
+    @on_sql_thread
+    def _delete_record(self, bucket: str, key: str, version: str) -> tuple[int, list[str]]:
+        db = self._db
+        refs = db.execute("SELECT blob, shard FROM blob_refs WHERE bucket=? AND key=? AND version=?",
+                          (bucket, key, version)).fetchall()
+        with _transaction(db):
+            n = db.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version=?", (bucket, key, version)).rowcount
+            db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=?", (bucket, key, version))
+            paths = [p for blob, shard in refs for p in self._drop_unreferenced({blob}, shard)]
+        return n, paths
 
+    @on_sql_thread
     def list_entries(self, bucket: str, prefix: str, start_after: str, limit: int, versions: bool) -> list[ListEntry]:
-        """Sorted (key asc, version desc) summaries; without `versions`, only each key's newest version."""
-        hi = prefix + "\U0010ffff"
+        """Sorted (key asc, version desc, shard) summaries; without `versions`, only each key's newest version.
+
+        start_after is exclusive on the key: every version of that key is skipped.
+        """
         if start_after and start_after >= prefix:
             cond, lo = "key > ?", start_after
         else:
             cond, lo = "key >= ?", prefix
         sql = ("SELECT key, version, deleted, size, etag, created, shard FROM objects "
-               f"WHERE bucket=? AND {cond} AND key < ? ORDER BY key, version DESC, shard")
+               f"WHERE bucket=? AND {cond} ORDER BY key, version DESC, shard")
         out: list[ListEntry] = []
         newest: tuple[str, str] | None = None
-        for key, version, deleted, size, etag, created, shard in self._db().execute(sql, (bucket, lo, hi)):
+        for key, version, deleted, size, etag, created, shard in self._db.execute(sql, (bucket, lo)):
+            if not key.startswith(prefix):
+                break  # keys come sorted, so the prefix range is over
             if not versions:
                 if newest is not None and newest[0] == key and newest[1] != version:
                     continue
@@ -293,28 +352,23 @@ class Store:
             out.append(ListEntry(key, version, bool(deleted), size, etag, created, shard))
         return out
 
+    @on_sql_thread
     def partition_summaries(self, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
         """(bucket, key, version, shard, deleted, healthy) of every record in a partition, sorted.
 
         healthy: the record reads back and every shard file it names is here and not quarantined.
         """
-        db = self._db()
-        bad = {(b, s) for b, s in db.execute("SELECT blob, shard FROM blobs WHERE partition=? AND state='corrupt'",
-                                              (partition,))}
-        have = {(b, s) for b, s in db.execute("SELECT blob, shard FROM blobs WHERE partition=? AND state!='corrupt'",
-                                               (partition,))}
+        db = self._db
+        state = {(b, s): st for b, s, st in db.execute("SELECT blob, shard, state FROM blobs WHERE partition=?",
+                                                       (partition,))}
         out = []
         for b, k, v, shard, d, packed in db.execute(
                 "SELECT bucket, key, version, shard, deleted, record FROM objects WHERE partition=? "
-                "ORDER BY bucket, key, version, shard", (partition,)):
-            try:
-                rec = ObjectRecord.unpack(packed)
-                healthy = all(p.inline is not None or not p.present or
-                              ((p.blob, shard) in have and (p.blob, shard) not in bad) for p in rec.parts)
-                healthy = healthy and all(p.present for p in rec.parts)
-            except RecordError:
-                self.corrupt_found += 1
-                healthy = False
+                "ORDER BY bucket, key, version, shard", (partition,)).fetchall():
+            recs = self._readable([(b, k, v, shard, packed)])
+            healthy = bool(recs) and all(
+                p.inline is not None or (p.present and state.get((p.blob, shard), "corrupt") != "corrupt")
+                for p in recs[0].parts)
             out.append((b, k, v, shard, bool(d), healthy))
         return out
 
@@ -335,45 +389,97 @@ class Store:
             n += 1
         return h.hexdigest(), n
 
+    @on_sql_thread
     def partitions_held(self) -> list[int]:
-        return [p for (p,) in self._db().execute("SELECT DISTINCT partition FROM objects ORDER BY partition")]
+        return [p for (p,) in self._db.execute("SELECT DISTINCT partition FROM objects ORDER BY partition")]
 
+    @on_sql_thread
     def counts(self) -> dict[str, int]:
-        db = self._db()
+        db = self._db
         records = db.execute("SELECT count(*) FROM objects").fetchone()[0]
         blobs, blob_bytes = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE state != 'corrupt'"
                                        ).fetchone()
-        return {"records": records, "blobs": blobs, "blob_bytes": blob_bytes, "corrupt_found": self.corrupt_found}
+        pending = db.execute("SELECT count(*) FROM blobs WHERE state = 'pending'").fetchone()[0]
+        quarantined = db.execute("SELECT count(*) FROM blobs WHERE state = 'corrupt'").fetchone()[0]
+        return {"records": records, "blobs": blobs, "blob_bytes": blob_bytes, "pending_blobs": pending,
+                "quarantined_blobs": quarantined, "corrupt_found": self.corrupt_found}
+
+    # -- counters -------------------------------------------------------------------------------
+
+    @on_sql_thread
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _bump(self, name: str) -> None:
+        """+1 on a persistent counter (SQL thread only)."""
+        self._db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                         (name,))
+        if name == "corrupt_found":
+            self.corrupt_found += 1
 
     # -- KV -------------------------------------------------------------------------------------
 
+    @on_sql_thread
     def put_kv(self, rec: KVRecord) -> bool:
         """Store unless a record with a higher or equal version is already here (last writer wins)."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT version FROM kv WHERE ns=? AND name=?", (rec.ns, rec.name)).fetchone()
-            if row is not None and row[0] >= rec.version:
-                db.execute("COMMIT")
-                return False
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?)", (rec.ns, rec.name, rec.version, rec.pack()))
-            db.execute("COMMIT")
-            return True
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        db = self._db
+        row = db.execute("SELECT version FROM kv WHERE ns=? AND name=?", (rec.ns, rec.name)).fetchone()
+        if row is not None and row[0] >= rec.version:
+            return False
+        db.execute("INSERT OR REPLACE INTO kv (ns, name, version, deleted, record) VALUES (?,?,?,?,?)",
+                   (rec.ns, rec.name, rec.version, int(rec.deleted), rec.pack()))
+        return True
 
+    @on_sql_thread
     def get_kv(self, ns: str, name: str) -> KVRecord | None:
-        row = self._db().execute("SELECT record FROM kv WHERE ns=? AND name=?", (ns, name)).fetchone()
+        """The document, a tombstone included."""
+        row = self._db.execute("SELECT record FROM kv WHERE ns=? AND name=?", (ns, name)).fetchone()
         return KVRecord.unpack(row[0]) if row else None
 
+    @on_sql_thread
     def list_kv(self, ns: str, prefix: str) -> list[KVRecord]:
-        rows = self._db().execute("SELECT record FROM kv WHERE ns=? AND name >= ? AND name < ? ORDER BY name",
-                                  (ns, prefix, prefix + "\U0010ffff")).fetchall()
-        return [KVRecord.unpack(r[0]) for r in rows]
+        """Documents of a namespace whose name starts with `prefix` (tombstones included), by name."""
+        out = []
+        for name, packed in self._db.execute("SELECT name, record FROM kv WHERE ns=? AND name >= ? ORDER BY name",
+                                             (ns, prefix)):
+            if not name.startswith(prefix):
+                break
+            out.append(KVRecord.unpack(packed))
+        return out
 
 
-class CorruptShard(Exception):
-    def __init__(self, row: BlobRow, why: str) -> None:
-        self.row = row
-        super().__init__(f"shard {row.blob}.{row.shard} is corrupt: {why}")
+class _transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Bring a version-1 database up to date: blob references and KV tombstone flags from the stored records."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(kv)")}
+    with _transaction(db):
+        if "deleted" not in cols:
+            db.execute("ALTER TABLE kv ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
+            for ns, name, packed in db.execute("SELECT ns, name, record FROM kv").fetchall():
+                try:
+                    deleted = KVRecord.unpack(packed).deleted
+                except RecordError:
+                    continue
+                db.execute("UPDATE kv SET deleted=? WHERE ns=? AND name=?", (int(deleted), ns, name))
+        for packed, in db.execute("SELECT record FROM objects").fetchall():
+            try:
+                rec = ObjectRecord.unpack(packed)
+            except RecordError:
+                continue
+            for p in rec.parts:
+                if p.inline is None and p.present:
+                    db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)",
+                               (p.blob, rec.shard, rec.bucket, rec.key, rec.version))

@@ -1,0 +1,267 @@
+"""The node's Store and shard files, used directly: SQLite on its own thread, safe writes, verified reads."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+from pathlib import Path
+
+import msgpack
+import pytest
+import xxhash
+
+from node.shards import BlobWriter, CorruptShard, DiskFull
+from node.store import BlobMissing, BlobReferenced, Store
+from objstore.cluster import ECProfile
+from objstore.codec import block_checksum
+from objstore.records import KVRecord, ObjectRecord, PartRef
+
+BS = 1024
+EC = ECProfile(2, 1, BS)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    yield s
+    s.close()
+
+
+def write_blob(store: Store, blob: str, data: bytes, shard: int = 0, partition: int = 5,
+               pieces: list[int] | None = None) -> list[int]:
+    w = store.begin_blob(partition, blob, shard, BS)
+    pos = 0
+    for size in pieces or [len(data)]:
+        w.write(data[pos:pos + size])
+        pos += size
+    w.write(data[pos:])
+    return store.finish_blob(w, partition, blob, shard).checksums
+
+
+def rec(key: str, version: str, parts: list[PartRef], shard: int = 0, bucket: str = "b") -> ObjectRecord:
+    return ObjectRecord(bucket=bucket, key=key, version=version, shard=shard, ec=EC, parts=parts,
+                        size=sum(p.size for p in parts))
+
+
+def blob_part(blob: str, data: bytes) -> PartRef:
+    return PartRef(1, len(data), "etag", blob, checksums=[block_checksum(data[i:i + BS])
+                                                          for i in range(0, len(data), BS)])
+
+
+def test_sqlite_is_wal_on_one_dedicated_thread(tmp_path: Path) -> None:
+    for fsync, level in ((True, 2), (False, 1)):  # FULL, NORMAL
+        s = Store(tmp_path / f"n{fsync}", partition_bits=8, fsync=fsync)
+        try:
+            mode = s.sql_executor.submit(lambda s=s: s._db.execute("PRAGMA journal_mode").fetchone()[0]).result()
+            sync = s.sql_executor.submit(lambda s=s: s._db.execute("PRAGMA synchronous").fetchone()[0]).result()
+            assert (mode, sync) == ("wal", level)
+            assert s.sql_executor._max_workers == 1
+            threads: set[str] = set()
+            s.sql_executor.submit(lambda t=threads: t.add(threading.current_thread().name)).result()
+            assert threads and all(t.startswith("sqlite") for t in threads)
+            with pytest.raises(sqlite3.ProgrammingError):  # the connection refuses any other thread
+                s._db.execute("SELECT 1")
+            assert s.counts()["records"] == 0  # callable from any thread all the same
+        finally:
+            s.close()
+
+
+@pytest.mark.parametrize("pieces", [[1], [BS - 1, 1, 1], [3 * BS], [700, 700, 700, 5000]])
+def test_block_checksums_do_not_depend_on_how_the_bytes_arrive(store: Store, pieces: list[int]) -> None:
+    data = random.Random(1).randbytes(5 * BS + 321)
+    got = write_blob(store, "b1", data, pieces=pieces)
+    assert got == [xxhash.xxh3_64_intdigest(data[i:i + BS]) for i in range(0, len(data), BS)]
+    row = store.blob("b1", 0)
+    assert row is not None and (row.state, row.size, row.blocks) == ("pending", len(data), 6)
+    assert (store.root / row.path).read_bytes() == data
+
+
+def test_blob_ids_cannot_escape_the_data_dir(store: Store) -> None:
+    for bad in ["../x", "a/b", ".hidden", "x.tmp", "", "a" * 300]:
+        with pytest.raises(ValueError):
+            store.begin_blob(1, bad, 0, BS)
+
+
+def test_failed_write_leaves_neither_file_nor_row(store: Store) -> None:
+    store.fail_after_bytes = 2 * BS
+    w = store.begin_blob(5, "full", 0, BS)
+    w.write(b"x" * BS)
+    with pytest.raises(DiskFull):
+        w.write(b"x" * (2 * BS))
+    w.abort()
+    w.abort()  # twice is harmless
+    assert list(store.data.rglob("*")) == [store.data / "00005"]
+    assert store.blob("full", 0) is None
+
+
+def test_verified_reads_and_quarantine(store: Store) -> None:
+    data = random.Random(2).randbytes(4 * BS)
+    write_blob(store, "v", data)
+    row = store.blob("v", 0)
+    assert row is not None
+    with store.open_shard(row) as r:
+        assert r.read_blocks(1, 2) == data[BS:3 * BS]
+        assert r.read_blocks(3, 10) == data[3 * BS:]  # clipped to the shard
+    path = store.root / row.path
+    raw = bytearray(path.read_bytes())
+    raw[BS + 5] ^= 4
+    path.write_bytes(bytes(raw))
+    assert b"".join(store.read_blob_blocks(row, 0, 0)) == data[:BS]
+    with pytest.raises(CorruptShard, match="block 1"):
+        list(store.read_blob_blocks(row, 0, 3))
+    assert not path.exists() and path.with_name(path.name + ".corrupted").exists()
+    assert store.blob("v", 0).state == "corrupt"  # type: ignore[union-attr]
+    with pytest.raises(CorruptShard, match="file missing"):
+        store.open_shard(row)
+    assert store.corrupt_found == 1  # the same shard is counted once
+    assert store.blobs() == []
+
+
+def test_record_commit_and_blob_references(store: Store) -> None:
+    data = random.Random(3).randbytes(3 * BS)
+    part = blob_part("p1", data)
+    with pytest.raises(BlobMissing):
+        store.put_record(rec("k", "v1", [part]))
+    write_blob(store, "p1", data)
+    store.put_record(rec("k", "v1", [part]))
+    store.put_record(rec("k2", "v1", [part]))
+    assert store.blob("p1", 0).state == "committed"  # type: ignore[union-attr]
+    with pytest.raises(BlobReferenced):
+        store.delete_blob("p1", 0)
+    assert store.delete_record("b", "k", "v1") == 1
+    assert store.blob("p1", 0) is not None
+    assert store.delete_record("b", "k2", "v1") == 1
+    assert store.blob("p1", 0) is None and list(store.data.rglob("p1.*")) == []
+
+
+def test_rewriting_a_record_drops_the_blob_it_no_longer_names(store: Store) -> None:
+    a, b = b"a" * BS, b"b" * BS
+    write_blob(store, "old", a)
+    write_blob(store, "new", b)
+    store.put_record(rec("k", "v1", [blob_part("old", a)]))
+    store.put_record(rec("k", "v1", [blob_part("new", b)]))
+    assert store.blob("old", 0) is None and store.blob("new", 0) is not None
+    # A handoff-style record (part not present here) needs no blob.
+    store.put_record(rec("h", "v1", [PartRef(1, 10, "e", "elsewhere", present=False)]))
+    assert [r.key for r in store.get_record("b", "h")] == ["h"]
+
+
+def test_get_record_picks_the_newest_version_and_every_shard_held(store: Store) -> None:
+    inline = PartRef(1, 3, "e", "i", inline=b"abc")
+    for version, shard in [("v1", 0), ("v3", 1), ("v3", 0), ("v2", 2)]:
+        store.put_record(rec("k", version, [inline], shard=shard))
+    assert [(r.version, r.shard) for r in store.get_record("b", "k")] == [("v3", 0), ("v3", 1)]
+    assert [(r.version, r.shard) for r in store.get_record("b", "k", "v2")] == [("v2", 2)]
+    assert [(r.version, r.shard) for r in store.versions("b", "k")] == [("v3", 0), ("v3", 1), ("v2", 2), ("v1", 0)]
+
+
+def test_unreadable_record_is_skipped_counted_once_and_unhealthy(store: Store) -> None:
+    inline = PartRef(1, 3, "e", "i", inline=b"abc")
+    store.put_record(rec("k", "v1", [inline]))
+    store.put_record(rec("k", "v2", [inline]))
+    store.sql_executor.submit(lambda: store._db.execute(
+        "UPDATE objects SET record = substr(record, 1, 20) WHERE version='v2'")).result()
+    assert [r.version for r in store.versions("b", "k")] == ["v1"]
+    assert store.get_record("b", "k") == []
+    p = store.partitions_held()[0]
+    rows = store.partition_summaries(p)
+    assert [(r[2], r[5]) for r in rows] == [("v1", True), ("v2", False)]
+    assert store.corrupt_found == 1
+
+
+def test_list_prefix_bounds_with_the_highest_code_point(store: Store) -> None:
+    inline = PartRef(1, 1, "e", "i", inline=b"x")
+    keys = ["a", "a\U0010ffff", "a\U0010ffffz", "ab", "b", "\U0010ffff"]
+    for k in keys:
+        store.put_record(rec(k, "v1", [inline]))
+    # code point order (= UTF-8 byte order): "ab" sorts before "a" + U+10FFFF
+    assert [e.key for e in store.list_entries("b", "a", "", 100, False)] == ["a", "ab", "a\U0010ffff", "a\U0010ffffz"]
+    assert [e.key for e in store.list_entries("b", "a\U0010ffff", "", 100, False)] == ["a\U0010ffff", "a\U0010ffffz"]
+    assert [e.key for e in store.list_entries("b", "", "ab", 100, False)] == [
+        "a\U0010ffff", "a\U0010ffffz", "b", "\U0010ffff"]
+    assert store.list_entries("b", "", "", 0, False) == []
+
+
+def test_kv_last_writer_wins_and_equal_versions_are_ignored(store: Store) -> None:
+    assert store.put_kv(KVRecord("ns", "x", "0005", {"n": 5}))
+    assert not store.put_kv(KVRecord("ns", "x", "0004", {"n": 4}))
+    assert not store.put_kv(KVRecord("ns", "x", "0005", {"n": 99}))
+    assert store.get_kv("ns", "x").value == {"n": 5}  # type: ignore[union-attr]
+    assert store.put_kv(KVRecord("ns", "x", "0006", {}, deleted=True))
+    assert store.get_kv("ns", "x").deleted  # type: ignore[union-attr]
+
+
+def test_corrupt_counter_survives_a_restart(tmp_path: Path) -> None:
+    s = Store(tmp_path / "n", partition_bits=8, fsync=False)
+    write_blob(s, "c", b"z" * BS)
+    row = s.blob("c", 0)
+    assert row is not None
+    (s.root / row.path).write_bytes(b"y" * BS)
+    with pytest.raises(CorruptShard):
+        s.open_shard(row).read_blocks(0, 1)
+    s.close()
+    again = Store(tmp_path / "n", partition_bits=8, fsync=False)
+    try:
+        assert again.corrupt_found == 1 and again.counts()["quarantined_blobs"] == 1
+    finally:
+        again.close()
+
+
+def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    root.mkdir()
+    db = sqlite3.connect(root / "records.db")
+    db.executescript("""
+        CREATE TABLE objects (bucket TEXT, key TEXT, version TEXT, shard INTEGER, partition INTEGER,
+            deleted INTEGER, size INTEGER, etag TEXT, created INTEGER, record BLOB,
+            PRIMARY KEY (bucket, key, version, shard)) WITHOUT ROWID;
+        CREATE TABLE blobs (blob TEXT, shard INTEGER, partition INTEGER, path TEXT, size INTEGER,
+            block_size INTEGER, checksums BLOB, state TEXT, created INTEGER, PRIMARY KEY (blob, shard)) WITHOUT ROWID;
+        CREATE TABLE kv (ns TEXT, name TEXT, version TEXT, record BLOB, PRIMARY KEY (ns, name)) WITHOUT ROWID;
+    """)
+    data = b"q" * BS
+    part = blob_part("m1", data)
+    (root / "data" / "00001").mkdir(parents=True)
+    (root / "data" / "00001" / "m1.0").write_bytes(data)
+    r = rec("k", "v1", [part])
+    db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", ("b", "k", "v1", 0, 1, 0, BS, "", 0, r.pack()))
+    db.execute("INSERT INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
+               ("m1", 0, 1, "data/00001/m1.0", BS, BS, msgpack.packb(part.checksums), "committed", 0))
+    db.execute("INSERT INTO kv VALUES (?,?,?,?)", ("bucket", "gone", "0002",
+                                                   KVRecord("bucket", "gone", "0002", deleted=True).pack()))
+    db.commit()
+    db.close()
+    s = Store(root, partition_bits=8, fsync=False)
+    try:
+        with pytest.raises(BlobReferenced):  # the reference was rebuilt from the stored record
+            s.delete_blob("m1", 0)
+        assert s.get_kv("bucket", "gone").deleted  # type: ignore[union-attr]
+        assert s.put_kv(KVRecord("bucket", "gone", "0003", {"x": 1}))
+        assert s.get_kv("bucket", "gone").value == {"x": 1}  # type: ignore[union-attr]
+    finally:
+        s.close()
+
+
+def test_writer_lock_orders_abort_after_a_running_write(tmp_path: Path) -> None:
+    w = BlobWriter(tmp_path / "d" / "x.0", BS, fsync=False)
+    started, release = threading.Event(), threading.Event()
+    real = w._write
+
+    def slow_write(data: bytes | bytearray) -> None:
+        started.set()
+        release.wait(5)
+        real(data)
+
+    w._write = slow_write  # type: ignore[method-assign]
+    t = threading.Thread(target=w.write, args=(b"a" * 10,))
+    t.start()
+    started.wait(5)
+    aborter = threading.Thread(target=w.abort)
+    aborter.start()
+    aborter.join(0.1)
+    assert aborter.is_alive()  # waits for the write instead of closing the file under it
+    release.set()
+    t.join(5)
+    aborter.join(5)
+    assert not w.tmp.exists() and w.size == 10
