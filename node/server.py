@@ -1,4 +1,4 @@
-"""The storage node process: the signed node RPC over the Store, heartbeats and map gossip, and `run`."""
+"""The storage node process: the signed node RPC over the Store, the map it holds, and `run`."""
 
 from __future__ import annotations
 
@@ -8,29 +8,39 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
-import xxhash
 from aiohttp import web
 
+from node import metrics
+from node.store import BlobMissing, BlobReferenced, CorruptShard, DiskFull, Store
 from objstore import auth
-from objstore.cluster import ClusterMap, ClusterMapError
+from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
 from objstore.config import NodeConfig
 from objstore.logs import setup_logging
 from objstore.records import KVRecord, ObjectRecord, RecordError
 
-from node import metrics
-from node.store import BlobMissing, CorruptShard, DiskFull, Store
-
 log = logging.getLogger("objstore.node")
-READ_CHUNK = 1 << 20
+R = TypeVar("R")
+
+WRITE_BATCH = 1 << 20
+"""Bytes of an incoming shard gathered before one write+hash job; one job runs while the next batch arrives."""
+READ_BATCH = 1 << 20
+"""Bytes of verified blocks read per job when serving a shard; the next batch is read while this one is sent."""
+MAX_BLOCK_SIZE = 64 << 20
+COUNTS_TTL = 5.0
+"""Seconds /health reuses the record and blob counts: peers ask every second, counting is a table scan."""
 FAULT_DELAY = float(os.environ.get("OBJSTORE_FAULT_DELAY", "0") or 0)
 """Fault hook: seconds every RPC but /health waits before it is served (tests of slow nodes)."""
+FAULT_DISK_FULL_AFTER = "OBJSTORE_FAULT_DISK_FULL_AFTER"
+"""Fault hook (environment): a shard upload fails with ENOSPC once it would pass this many bytes."""
 
 
 @dataclass
@@ -46,13 +56,27 @@ class Node:
     cfg: NodeConfig
     store: Store
     cmap: ClusterMap
-    disk: ThreadPoolExecutor
+    disk: ThreadPoolExecutor  # shard file I/O and hashing; SQLite has its own thread (store.sql_executor)
     started: float = field(default_factory=time.monotonic)
     peers: dict[str, PeerState] = field(default_factory=dict)
-    loops: Any = None  # node.loops.Loops once the app runs
+    loops: Any = None  # node.loops.Loops once the app runs with its background loops
+    _map_lock: threading.Lock = field(default_factory=threading.Lock)
+    _counts: tuple[float, dict[str, int]] = (0.0, {})
 
-    async def run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.disk, fn, *args)
+    def run(self, fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
+        """Start fn(*args) on the disk pool now; await the result."""
+        return asyncio.get_running_loop().run_in_executor(self.disk, fn, *args)
+
+    def sql(self, fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
+        """Start a Store query on the SQLite thread now; await the result."""
+        return asyncio.get_running_loop().run_in_executor(self.store.sql_executor, fn, *args)
+
+    async def counts(self) -> dict[str, int]:
+        at, counts = self._counts
+        if time.monotonic() - at > COUNTS_TTL:
+            counts = await self.sql(self.store.counts)
+            self._counts = (time.monotonic(), counts)
+        return {**counts, "corrupt_found": self.store.corrupt_found}
 
     def peer_state(self, node_id: str) -> str:
         """up, suspect or down, by the time since the last answered heartbeat."""
@@ -66,17 +90,24 @@ class Node:
         return "suspect" if silent < self.cfg.down_after else "down"
 
     def adopt_map(self, cmap: ClusterMap) -> bool:
-        if cmap.epoch <= self.cmap.epoch:
-            return False
-        self.cmap = cmap
+        """Keep a map with a newer epoch (saved to data_dir/cluster.json first); older or equal ones are ignored.
+
+        Blocks (it writes a file): call it from the disk pool. The lock keeps two concurrent adoptions
+        from ending on the older map.
+        """
+        with self._map_lock:
+            if cmap.epoch <= self.cmap.epoch:
+                return False
+            cmap.save(Path(self.cfg.data_dir) / "cluster.json")
+            self.cmap = cmap
         if self.loops is not None:
             self.loops.view.adopt(cmap)
-        cmap.save(Path(self.cfg.data_dir) / "cluster.json")
-        log.info("adopted cluster map epoch %d", cmap.epoch)
+        log.info("adopted cluster map epoch %d", cmap.epoch, extra={"epoch": cmap.epoch})
         return True
 
 
 NODE = web.AppKey("node", Node)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _packed(obj: Any, status: int = 200) -> web.Response:
@@ -88,7 +119,8 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse unsigned, stale or forged calls before anything else runs."""
     node = request.app[NODE]
     # /metrics alone is unsigned: Prometheus cannot sign, and it serves counters only (see node/metrics.py)
     if request.path != metrics.METRICS_PATH and not auth.verify(node.cfg.secret, request.method, request.raw_path,
@@ -96,12 +128,28 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         return _error(401, "unauthorized", "missing, stale or invalid signature")
     if FAULT_DELAY and request.path != "/health":
         await asyncio.sleep(FAULT_DELAY)  # fault hook: a slow disk or link, for the hedged-read chaos test
+    return await handler(request)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Typed failures to statuses, in one table; anything else is a 500 with a logged traceback."""
     try:
         return await handler(request)
     except RecordError as e:
         return _error(400, "bad_record", str(e))
     except (KeyError, ValueError) as e:
         return _error(400, "bad_request", f"{type(e).__name__}: {e}")
+    except DiskFull as e:
+        log.warning("disk full: %s", e, extra={"path": request.path})
+        return _error(507, "disk_full", str(e))
+    except CorruptShard as e:
+        log.warning("%s", e, extra={"blob": e.row.blob, "shard": e.row.shard})
+        return _error(409, "corrupt", str(e))
+    except BlobMissing as e:
+        return _error(409, "blob_missing", str(e))
+    except BlobReferenced as e:
+        return _error(409, "referenced", str(e))
 
 
 def _q(request: web.Request, name: str) -> str:
@@ -111,122 +159,123 @@ def _q(request: web.Request, name: str) -> str:
     return value
 
 
+def _blob_id(request: web.Request) -> tuple[str, int]:
+    return request.match_info["blob"], int(request.match_info["shard"])
+
+
+# -- shards ---------------------------------------------------------------------------------------
+
+
 async def put_blob(request: web.Request) -> web.Response:
+    """Stream the body into a temp file (write and hash in the disk pool), make it durable, then add the row."""
     node = request.app[NODE]
-    blob, shard = _q(request, "blob"), int(_q(request, "shard"))
+    blob, shard = _blob_id(request)
     partition, block_size = int(_q(request, "partition")), int(_q(request, "block_size"))
-    tmp, fd = await node.run(node.store.open_temp, partition, blob, shard)
-    sums: list[int] = []
-    hasher = xxhash.xxh3_64()
-    filled = 0
-    written = 0
-
-    def write(data: bytes) -> None:
-        nonlocal filled, hasher
-        node.store.write_chunk(fd, data, written)
-        view = memoryview(data)
-        while view:
-            take = min(block_size - filled, len(view))
-            hasher.update(view[:take])
-            filled += take
-            view = view[take:]
-            if filled == block_size:
-                sums.append(hasher.intdigest())
-                hasher, filled = xxhash.xxh3_64(), 0
-
+    if not 0 <= partition < 1 << 20 or not 0 < block_size <= MAX_BLOCK_SIZE:
+        return _error(400, "bad_request", f"partition {partition} or block_size {block_size} out of range")
+    writer = await node.run(node.store.begin_blob, partition, blob, shard, block_size)
+    in_flight: asyncio.Future[None] | None = None
     ok = False
     try:
         buf = bytearray()
-        async for chunk in request.content.iter_chunked(READ_CHUNK):
+        async for chunk in request.content.iter_any():
             buf += chunk
-            if len(buf) >= READ_CHUNK:
-                await node.run(write, bytes(buf))
-                written += len(buf)
-                buf.clear()
+            if len(buf) >= WRITE_BATCH:
+                if in_flight is not None:
+                    await in_flight
+                in_flight, buf = node.run(writer.write, buf), bytearray()
+        if in_flight is not None:
+            await in_flight
         if buf:
-            await node.run(write, bytes(buf))
-            written += len(buf)
-        if filled:
-            sums.append(hasher.intdigest())
-        await node.run(node.store.finish_blob, tmp, fd, partition, blob, shard, written, block_size, sums)
+            await node.run(writer.write, buf)
+        row = await node.run(node.store.finish_blob, writer, partition, blob, shard)
         ok = True
-    except DiskFull as e:
-        return _error(507, "disk_full", str(e))
     finally:
         if not ok:
-            await node.run(node.store.abort_blob, tmp, fd)
-    return _packed({"checksums": sums, "size": written})
+            # abort waits for a write still running (the writer's lock); shielded so a cancelled
+            # handler still removes its temp file.
+            await asyncio.shield(node.run(writer.abort))
+    log.debug("blob stored", extra={"blob": blob, "shard": shard, "size": row.size})
+    return _packed({"checksums": row.checksums, "size": row.size})
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
+    """Stream a byte range of a shard; every block it touches is verified before any of its bytes go out."""
     node = request.app[NODE]
-    blob, shard = _q(request, "blob"), int(_q(request, "shard"))
-    row = await node.run(node.store.blob, blob, shard)
+    blob, shard = _blob_id(request)
+    row = await node.sql(node.store.blob, blob, shard)
     if row is None:
         return _error(404, "not_found", f"blob {blob}.{shard} not here")
     if row.state == "corrupt":
         return _error(409, "corrupt", f"blob {blob}.{shard} is quarantined")
     offset = int(request.query.get("offset", "0"))
-    length = int(request.query.get("length", str(row.size - offset)))
-    if offset % row.block_size or offset < 0 or length < 0 or offset + length > row.size:
-        return _error(400, "bad_range", f"range {offset}+{length} of a {row.size}-byte shard")
-    resp = web.StreamResponse(status=200)
-    resp.content_length = length
-    if length == 0:
+    length = int(request.query.get("length", str(max(0, row.size - offset))))
+    if offset < 0 or length < 0 or offset + length > row.size:
+        return _error(416, "bad_range", f"range {offset}+{length} of a {row.size}-byte shard")
+    reader = await node.run(node.store.open_shard, row)  # checks the size: CorruptShard → 409
+    bs = row.block_size
+    per_job = max(1, READ_BATCH // bs)
+    first, end = offset // bs, -(-(offset + length) // bs)
+    next_read: asyncio.Future[bytes] | None = None
+    try:
+        next_read = node.run(reader.read_blocks, first, min(per_job, end - first)) if length else None
+        data = await next_read if next_read is not None else b""  # a bad first block is still a clean 409
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = length
         await resp.prepare(request)
+        skip, remaining, block = offset - first * bs, length, first
+        while remaining > 0:
+            block += per_job
+            next_read = node.run(reader.read_blocks, block, min(per_job, end - block)) if block < end else None
+            piece = memoryview(data)[skip:skip + remaining]
+            await resp.write(piece)
+            skip, remaining = 0, remaining - len(piece)
+            if next_read is None:
+                break
+            try:
+                data = await next_read
+            except CorruptShard as e:
+                # Headers are gone already: cut the connection so the reader sees a short, failed body.
+                log.warning("%s (mid-stream)", e, extra={"blob": blob, "shard": shard})
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
         await resp.write_eof()
         return resp
-    first, last = offset // row.block_size, (offset + length - 1) // row.block_size
-    blocks = node.store.read_blob_blocks(row, first, last)
-    sentinel = object()
-    try:
-        data = await node.run(next, blocks, sentinel)
-    except (CorruptShard, FileNotFoundError) as e:
-        return _error(409, "corrupt", str(e))
-    await resp.prepare(request)
-    remaining = length
-    while data is not sentinel and remaining > 0:
-        piece = data[:remaining]  # type: ignore[index]
-        await resp.write(piece)
-        remaining -= len(piece)
-        if remaining <= 0:
-            break
-        try:
-            data = await node.run(next, blocks, sentinel)
-        except CorruptShard:
-            # Headers are gone already: cut the body short so the reader sees a failed shard.
-            request.transport.close() if request.transport else None
-            return resp
-    await resp.write_eof()
-    return resp
+    finally:
+        if next_read is not None and not next_read.done():
+            await asyncio.gather(next_read, return_exceptions=True)
+        await asyncio.shield(node.run(reader.close))
 
 
 async def delete_blob(request: web.Request) -> web.Response:
+    """Remove a shard file; refused (409 referenced) while a record names it, unless force=1."""
     node = request.app[NODE]
-    found = await node.run(node.store.delete_blob, _q(request, "blob"), int(_q(request, "shard")))
+    blob, shard = _blob_id(request)
+    found = await node.run(node.store.delete_blob, blob, shard, request.query.get("force") == "1")
     return _packed({"deleted": found})
+
+
+# -- records --------------------------------------------------------------------------------------
 
 
 async def put_record(request: web.Request) -> web.Response:
     node = request.app[NODE]
     rec = ObjectRecord.unpack(await request.read())
-    try:
-        await node.run(node.store.put_record, rec)
-    except BlobMissing as e:
-        return _error(409, "blob_missing", str(e))
+    await node.run(node.store.put_record, rec)
     return _packed({"ok": True})
 
 
 async def get_record(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    recs = await node.run(node.store.get_record, _q(request, "bucket"), _q(request, "key"),
+    recs = await node.sql(node.store.get_record, _q(request, "bucket"), _q(request, "key"),
                           request.query.get("version"))
     return _packed([r.pack() for r in recs])
 
 
 async def get_versions(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    recs = await node.run(node.store.versions, _q(request, "bucket"), _q(request, "key"))
+    recs = await node.sql(node.store.versions, _q(request, "bucket"), _q(request, "key"))
     return _packed([r.pack() for r in recs])
 
 
@@ -239,38 +288,42 @@ async def delete_record(request: web.Request) -> web.Response:
 async def list_entries(request: web.Request) -> web.Response:
     node = request.app[NODE]
     q = request.query
-    entries = await node.run(node.store.list_entries, _q(request, "bucket"), q.get("prefix", ""),
-                             q.get("start_after", ""), min(int(q.get("limit", "1000")), 10000),
-                             q.get("versions") == "1")
+    limit = int(q.get("limit", "1000"))
+    if not 0 <= limit <= 10000:
+        return _error(400, "bad_request", f"limit {limit} outside 0..10000")
+    entries = await node.sql(node.store.list_entries, _q(request, "bucket"), q.get("prefix", ""),
+                             q.get("start_after", ""), limit, q.get("versions") == "1")
     return _packed([e.to_wire() for e in entries])
 
 
 async def partition_digest(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    digest, count = await node.run(node.store.partition_digest, int(request.match_info["p"]))
+    digest, count = await node.sql(node.store.partition_digest, int(request.match_info["p"]))
     return _packed({"digest": digest, "count": count})
 
 
 async def partition_records(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return _packed([list(s) for s in await node.run(node.store.partition_summaries, int(request.match_info["p"]))])
+    return _packed([list(s) for s in await node.sql(node.store.partition_summaries, int(request.match_info["p"]))])
 
 
 async def partitions_held(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return _packed(await node.run(node.store.partitions_held))
+    return _packed(await node.sql(node.store.partitions_held))
+
+
+# -- KV, map, health ------------------------------------------------------------------------------
 
 
 async def put_kv(request: web.Request) -> web.Response:
     node = request.app[NODE]
     rec = KVRecord.unpack(await request.read())
-    stored = await node.run(node.store.put_kv, rec)
-    return _packed({"stored": stored})
+    return _packed({"stored": await node.sql(node.store.put_kv, rec)})
 
 
 async def get_kv(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    rec = await node.run(node.store.get_kv, _q(request, "ns"), _q(request, "name"))
+    rec = await node.sql(node.store.get_kv, _q(request, "ns"), _q(request, "name"))
     if rec is None:
         return _error(404, "not_found", "no such document")
     return web.Response(body=rec.pack(), content_type="application/msgpack")
@@ -278,7 +331,7 @@ async def get_kv(request: web.Request) -> web.Response:
 
 async def list_kv(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    recs = await node.run(node.store.list_kv, _q(request, "ns"), request.query.get("prefix", ""))
+    recs = await node.sql(node.store.list_kv, _q(request, "ns"), request.query.get("prefix", ""))
     return _packed([r.pack() for r in recs])
 
 
@@ -290,7 +343,7 @@ async def put_map(request: web.Request) -> web.Response:
     node = request.app[NODE]
     try:
         cmap = ClusterMap.from_dict(json.loads(await request.read()))
-    except (ClusterMapError, ValueError) as e:
+    except (ClusterMapError, ValueError, TypeError) as e:
         return _error(400, "bad_map", str(e))
     adopted = await node.run(node.adopt_map, cmap)
     return web.json_response({"adopted": adopted, "epoch": node.cmap.epoch})
@@ -298,8 +351,8 @@ async def put_map(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    counts = await node.run(node.store.counts)
-    usage = shutil.disk_usage(node.cfg.data_dir)
+    counts = await node.counts()
+    usage = await node.run(shutil.disk_usage, node.cfg.data_dir)
     return web.json_response({
         "id": node.cfg.id, "epoch": node.cmap.epoch, "uptime": time.monotonic() - node.started,
         "disk_total": usage.total, "disk_free": usage.free, **counts,
@@ -308,38 +361,67 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
-def initial_map(cfg: NodeConfig) -> ClusterMap:
-    """The newer of the map this node saved and the configured one."""
+async def stats(request: web.Request) -> web.Response:
+    """Fresh counts (records, blobs and their bytes, pending and quarantined blobs, corrupt found)."""
+    node = request.app[NODE]
+    counts = await node.sql(node.store.counts)
+    return web.json_response({"id": node.cfg.id, **counts, "swept_temp_files": node.store.swept})
+
+
+# -- the app and the process ----------------------------------------------------------------------
+
+
+def initial_map(cfg: NodeConfig) -> ClusterMap | None:
+    """The newer of the map this node saved and the configured one (None if neither exists)."""
     candidates = []
-    saved = Path(cfg.data_dir) / "cluster.json"
-    for path in (saved, Path(cfg.map) if cfg.map else None):
+    for path in (Path(cfg.data_dir) / "cluster.json", Path(cfg.map) if cfg.map else None):
         if path is not None and path.exists():
             candidates.append(ClusterMap.load(path))
-    if not candidates:
-        raise ClusterMapError("no cluster map: set 'map' in the node config")
-    return max(candidates, key=lambda m: m.epoch)
+    return max(candidates, key=lambda m: m.epoch) if candidates else None
 
 
-def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None) -> web.Application:
+async def map_from_seeds(cfg: NodeConfig) -> ClusterMap:
+    """The newest map any seed answers with (a node started with `seeds` and no map file)."""
+    from objstore.client import NodeClient, NodeError
+
+    async with NodeClient(cfg.secret, timeout=5.0) as client:
+        seeds = [NodeInfo(id=f"seed:{s}", address=s, zone="?") for s in cfg.seeds]
+        answers = await asyncio.gather(*(client.get_map(s) for s in seeds), return_exceptions=True)
+    maps = [a for a in answers if isinstance(a, ClusterMap)]
+    if not maps:
+        errors = "; ".join(str(a) for a in answers if isinstance(a, (NodeError, ClusterMapError)))
+        raise ClusterMapError(f"no cluster map: none in the config or data dir, and no seed answered ({errors})")
+    return max(maps, key=lambda m: m.epoch)
+
+
+def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = True,
+              fail_after_bytes: int | None = None) -> web.Application:
+    """The node's aiohttp app; `loops=False` serves the RPC without heartbeats, repair and scrub (tests)."""
     cmap = cmap or initial_map(cfg)
-    fail_after = os.environ.get("OBJSTORE_FAULT_DISK_FULL_AFTER")
-    store = Store(cfg.data_dir, cmap.partition_bits, cfg.fsync, int(fail_after) if fail_after else None)
+    if cmap is None:
+        raise ClusterMapError("no cluster map: set 'map' in the node config")
+    if fail_after_bytes is None and os.environ.get(FAULT_DISK_FULL_AFTER):
+        fail_after_bytes = int(os.environ[FAULT_DISK_FULL_AFTER])
+    store = Store(cfg.data_dir, cmap.partition_bits, cfg.fsync, fail_after_bytes)
+    if store.swept:
+        log.info("removed %d temp files left by an earlier run", store.swept, extra={"swept": store.swept})
     node = Node(cfg, store, cmap, ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"disk-{cfg.id}"))
-    app = web.Application(middlewares=[metrics.observe_middleware, auth_middleware],
+    app = web.Application(middlewares=[metrics.observe_middleware, auth_middleware, errors_middleware],
                           client_max_size=64 * 1024 * 1024)
     app[NODE] = node
     metrics.install(app, node)
+    blob = r"/blob/{blob:[A-Za-z0-9][A-Za-z0-9_-]*}/{shard:\d+}"
     r = app.router
-    r.add_put("/blob", put_blob)
-    r.add_get("/blob", get_blob)
-    r.add_delete("/blob", delete_blob)
+    r.add_put(blob, put_blob)
+    r.add_get(blob, get_blob)
+    r.add_delete(blob, delete_blob)
     r.add_put("/record", put_record)
     r.add_get("/record", get_record)
     r.add_delete("/record", delete_record)
     r.add_get("/versions", get_versions)
     r.add_get("/list", list_entries)
-    r.add_get("/partition/{p}/digest", partition_digest)
-    r.add_get("/partition/{p}/records", partition_records)
+    r.add_get(r"/partition/{p:\d+}/digest", partition_digest)
+    r.add_get(r"/partition/{p:\d+}/records", partition_records)
     r.add_get("/partitions", partitions_held)
     r.add_put("/kv", put_kv)
     r.add_get("/kv", get_kv)
@@ -347,26 +429,32 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None) -> web.Applicatio
     r.add_get("/map", get_map)
     r.add_put("/map", put_map)
     r.add_get("/health", health)
+    r.add_get("/stats", stats)
 
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-        from node.loops import Loops
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task[Any]] = []
+        if loops:
+            from node.loops import Loops
 
-        loops = Loops(node)
-        node.loops = loops
-        tasks = loops.start()
-        yield
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await loops.close()
-        node.disk.shutdown(wait=True)
+            node.loops = Loops(node)
+            tasks = node.loops.start()
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if node.loops is not None:
+                await node.loops.close()
+            node.disk.shutdown(wait=True)
+            store.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
 
 
 def run(cfg: NodeConfig) -> None:
-    """Serve the node RPC until SIGTERM or SIGINT."""
+    """Serve the node RPC until SIGTERM or SIGINT, then stop the loops and close the store."""
     setup_logging(cfg.log_level, cfg.id)
     try:
         import uvloop
@@ -377,16 +465,20 @@ def run(cfg: NodeConfig) -> None:
     host, _, port = cfg.listen.rpartition(":")
 
     async def main() -> None:
-        app = build_app(cfg)
+        cmap = initial_map(cfg) or await map_from_seeds(cfg)
+        app = build_app(cfg, cmap)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-        log.info("node %s listening on %s", cfg.id, cfg.listen)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+        try:
+            await web.TCPSite(runner, host, int(port), reuse_address=True).start()
+            log.info("node %s listening on %s", cfg.id, cfg.listen, extra={"listen": cfg.listen})
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            log.info("node %s stopping", cfg.id)
+        finally:
+            await runner.cleanup()
 
     asyncio.run(main())
