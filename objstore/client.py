@@ -7,7 +7,7 @@ import contextvars
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self, cast
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -23,42 +23,42 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("objstor
 
 
 class NodeError(Exception):
-    """A node answered with an error, or could not be reached."""
+    """A node answered with an error (status and the node's error code), or could not be reached (status 0)."""
 
-    def __init__(self, node_id: str, status: int, message: str) -> None:
-        self.node_id, self.status, self.message = node_id, status, message
-        super().__init__(f"node {node_id}: {status} {message}")
+    def __init__(self, node_id: str, status: int, message: str, code: str = "") -> None:
+        self.node_id, self.status, self.message, self.code = node_id, status, message, code
+        super().__init__(f"node {node_id}: {status} {code + ': ' if code else ''}{message}")
 
 
 class NodeUnavailable(NodeError):
-    """Connection refused, reset or timed out."""
+    """Connection refused, reset or timed out, or a body cut short."""
 
 
 class NotFound(NodeError):
-    pass
+    """404: the blob, record or document is not on that node."""
 
 
 class ShardCorrupt(NodeError):
-    pass
+    """409 corrupt: the shard failed verification on the node and was quarantined (its bytes are never sent)."""
 
 
 class DiskFull(NodeError):
-    pass
+    """507: the node's disk is full; nothing of the upload was kept."""
 
 
 def _error_for(node: NodeInfo, status: int, body: bytes) -> NodeError:
     try:
         info = msgpack.unpackb(body, raw=False)
-        code, message = info.get("code", ""), info.get("message", "")
-    except Exception:
+        code, message = str(info.get("code", "")), str(info.get("message", ""))
+    except (ValueError, AttributeError, TypeError):
         code, message = "", body[:200].decode("utf-8", "replace")
     if status == 404:
-        return NotFound(node.id, status, message)
+        return NotFound(node.id, status, message, code)
     if status == 409 and code == "corrupt":
-        return ShardCorrupt(node.id, status, message)
+        return ShardCorrupt(node.id, status, message, code)
     if status == 507:
-        return DiskFull(node.id, status, message)
-    return NodeError(node.id, status, f"{code}: {message}")
+        return DiskFull(node.id, status, message, code)
+    return NodeError(node.id, status, message, code)
 
 
 class BlobReader:
@@ -72,12 +72,16 @@ class BlobReader:
             return await self.resp.content.readexactly(n)
         except asyncio.IncompleteReadError as e:
             raise NodeUnavailable(self.node.id, 0, f"shard stream ended after {len(e.partial)} of {n} bytes") from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise NodeUnavailable(self.node.id, 0, f"{type(e).__name__}: {e}") from None
 
     async def iter_chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
-        async for chunk in self.resp.content.iter_chunked(size):
-            yield chunk
+        """The rest of the body; a body cut short (the node found damage mid-stream) raises NodeUnavailable."""
+        try:
+            async for chunk in self.resp.content.iter_chunked(size):
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise NodeUnavailable(self.node.id, 0, f"{type(e).__name__}: {e}") from None
 
 
 class NodeClient:
@@ -100,7 +104,7 @@ class NodeClient:
         if self._session is not None:
             await self._session.close()
 
-    async def __aenter__(self) -> NodeClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -126,7 +130,7 @@ class NodeClient:
                 if resp.status >= 300:
                     raise _error_for(node, resp.status, body)
                 return body
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
 
     async def _unpack(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
@@ -137,22 +141,26 @@ class NodeClient:
     # -- RPCs ------------------------------------------------------------------------------------
 
     async def health(self, node: NodeInfo) -> dict[str, Any]:
-        return json.loads(await self._call(node, "GET", "/health") or b"{}")
+        return cast(dict[str, Any], json.loads(await self._call(node, "GET", "/health") or b"{}"))
+
+    async def stats(self, node: NodeInfo) -> dict[str, Any]:
+        """Fresh counts: records, blobs, blob_bytes, pending_blobs, quarantined_blobs, corrupt_found."""
+        return cast(dict[str, Any], json.loads(await self._call(node, "GET", "/stats") or b"{}"))
 
     async def put_blob(self, node: NodeInfo, blob: str, shard: int, partition: int, block_size: int,
-                       body: AsyncIterable[bytes]) -> list[int]:
-        result = await self._unpack(node, "PUT", "/blob", {"blob": blob, "shard": shard, "partition": partition,
-                                                           "block_size": block_size}, body)
+                       body: AsyncIterable[bytes] | bytes) -> list[int]:
+        """Stream one shard to a node; returns the block checksums the node computed as it wrote."""
+        result = await self._unpack(node, "PUT", _blob_path(blob, shard),
+                                    {"partition": partition, "block_size": block_size}, body)
         return list(result["checksums"])
 
     @asynccontextmanager
     async def open_blob(self, node: NodeInfo, blob: str, shard: int, offset: int = 0,
                         length: int | None = None) -> AsyncIterator[BlobReader]:
-        url, headers = self._prepare(node, "GET", "/blob", {"blob": blob, "shard": shard, "offset": offset,
-                                                             "length": length})
+        url, headers = self._prepare(node, "GET", _blob_path(blob, shard), {"offset": offset, "length": length})
         try:
             resp = await self._sess().get(url, headers=headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
         try:
             if resp.status != 200:
@@ -161,8 +169,10 @@ class NodeClient:
         finally:
             resp.release() if resp.content.at_eof() else resp.close()
 
-    async def delete_blob(self, node: NodeInfo, blob: str, shard: int) -> None:
-        await self._call(node, "DELETE", "/blob", {"blob": blob, "shard": shard})
+    async def delete_blob(self, node: NodeInfo, blob: str, shard: int, force: bool = False) -> bool:
+        """Remove a shard file; a blob a record still references is refused (NodeError 409) unless `force`."""
+        result = await self._unpack(node, "DELETE", _blob_path(blob, shard), {"force": "1" if force else None})
+        return bool(result["deleted"])
 
     async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> None:
         await self._call(node, "PUT", "/record", data=rec.pack())
@@ -187,12 +197,13 @@ class NodeClient:
         return [ListEntry.from_wire(r) for r in rows]
 
     async def partition_digest(self, node: NodeInfo, partition: int) -> tuple[str, int]:
-        d = await self._unpack(node, "GET", f"/partition/{partition}/digest")
+        d = await self._unpack(node, "GET", f"/partition/{int(partition)}/digest")
         return d["digest"], d["count"]
 
     async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
         """(bucket, key, version, shard, deleted, healthy) of every record the node holds in a partition."""
-        return [tuple(r) for r in await self._unpack(node, "GET", f"/partition/{partition}/records")]  # type: ignore[misc]
+        rows = await self._unpack(node, "GET", f"/partition/{int(partition)}/records")
+        return [(str(b), str(k), str(v), int(s), bool(d), bool(h)) for b, k, v, s, d, h in rows]
 
     async def partitions_held(self, node: NodeInfo) -> list[int]:
         """The partitions the node holds any record of."""
@@ -212,4 +223,10 @@ class NodeClient:
         return ClusterMap.from_dict(json.loads(await self._call(node, "GET", "/map") or b"{}"))
 
     async def put_map(self, node: NodeInfo, cmap: ClusterMap) -> dict[str, Any]:
-        return json.loads(await self._call(node, "PUT", "/map", data=cmap.to_json().encode()) or b"{}")
+        """Offer a map; the node keeps it only if its epoch is newer. Returns {"adopted", "epoch"}."""
+        return cast(dict[str, Any], json.loads(await self._call(node, "PUT", "/map", data=cmap.to_json().encode())
+                                               or b"{}"))
+
+
+def _blob_path(blob: str, shard: int) -> str:
+    return f"/blob/{quote(blob, safe='')}/{int(shard)}"
