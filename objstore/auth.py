@@ -7,6 +7,10 @@ import hmac
 import time
 from collections.abc import Mapping
 
+# What a signature does not cover, on purpose: the body (shards are checksummed per block and records
+# are checked on commit, so a changed body is refused or detected, not trusted) and replays within the
+# skew window (node RPCs are idempotent: a replayed PUT rewrites the same bytes, a replayed DELETE finds
+# nothing). The node port belongs on the cluster network, never in front of S3 clients.
 DATE_HEADER = "X-Objstore-Date"
 SIGNATURE_HEADER = "X-Objstore-Signature"
 MAX_SKEW = 900.0

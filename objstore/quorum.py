@@ -13,16 +13,20 @@ log = logging.getLogger("objstore.quorum")
 
 
 class QuorumError(Exception, Generic[T, R]):
-    """Fewer than `need` calls succeeded; carries what did succeed and what failed."""
+    """Fewer than `need` calls can succeed; carries what did succeed and what failed so far."""
 
-    def __init__(self, need: int, successes: list[tuple[T, R]], errors: list[tuple[T, BaseException]]) -> None:
-        self.need, self.successes, self.errors = need, successes, errors
+    def __init__(self, successes: list[tuple[T, R]], errors: list[tuple[T, BaseException]], need: int = 0) -> None:
+        self.successes, self.errors, self.need = successes, errors, need
         detail = "; ".join(f"{t}: {type(e).__name__}: {e}" for t, e in errors[:4])
         super().__init__(f"{len(successes)} of {need} needed calls succeeded ({detail})")
 
 
 class Background:
-    """Owner of tasks that outlive the request that started them (stragglers, cleanups)."""
+    """Owner of tasks that outlive the request that started them (stragglers, cleanups).
+
+    Nothing is fire-and-forget: every task is kept here until it ends, and `close` waits for the
+    running ones a while, then cancels the rest.
+    """
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -53,41 +57,38 @@ class Background:
 
 async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: int, *,
                  parallel: int | None = None, background: Background | None = None) -> list[tuple[T, R]]:
-    """Call targets in order until `need` calls succeeded; returns (target, result) of the successes.
+    """Call targets in order until `need` calls succeeded; returns (target, result) of the successes, in
+    the order they finished (at least `need`; more if several finished at the same instant).
 
-    `parallel` calls start at once (default `need`); each failure starts the next target. Once the
-    quorum is met, calls still running are handed to `background` (or cancelled if there is none).
-    Raises QuorumError once `need` can no longer be reached and the calls in flight have ended.
+    `parallel` calls start at once (default `need`, never fewer); each failure starts the next target.
+    It returns as soon as `need` calls succeeded, and raises QuorumError as soon as `need` can no longer
+    be reached (successes + running + untried < need). Calls still running at that point are handed to
+    `background` to finish (a write that lands late still counts on its node); without a background
+    they are cancelled, so nothing outlives the call without an owner. If the caller is cancelled, every
+    running call is cancelled too.
     """
     if need <= 0:
         return []
-    start = min(len(targets), max(need, parallel or need))
-    queue = list(targets)
-    running: dict[asyncio.Future[R], T] = {}
+    queue = list(enumerate(targets))
+    running: dict[asyncio.Future[R], tuple[int, T]] = {}
     successes: list[tuple[T, R]] = []
     errors: list[tuple[T, BaseException]] = []
+    cancelled = False
 
     def launch() -> None:
-        target = queue.pop(0)
-        running[asyncio.ensure_future(call(target))] = target
+        index, target = queue.pop(0)
+        running[asyncio.ensure_future(call(target))] = (index, target)
 
-    for _ in range(start):
+    for _ in range(min(len(queue), max(need, parallel or need))):
         launch()
     try:
         while len(successes) < need:
-            if len(successes) + len(running) + len(queue) < need or not running:
-                # Unreachable: let the calls in flight finish so the error lists every success.
-                for fut, target in list(running.items()):
-                    try:
-                        successes.append((target, await fut))
-                    except Exception as e:
-                        errors.append((target, e))
-                running.clear()
-                raise QuorumError(need, successes, errors)
+            if len(successes) + len(running) + len(queue) < need:
+                raise QuorumError(successes, errors, need)
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                target = running.pop(fut)
-                exc = fut.exception()
+            for fut in sorted(done, key=lambda f: running[f][0]):  # same-instant results in target order
+                _, target = running.pop(fut)
+                exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
                 if exc is None:
                     successes.append((target, fut.result()))
                 else:
@@ -95,9 +96,12 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
                     if queue:
                         launch()
         return successes
+    except asyncio.CancelledError:
+        cancelled = True
+        raise
     finally:
         for fut in running:
-            if background is not None:
+            if background is not None and not cancelled:
                 background.spawn(_drain(fut))
             else:
                 fut.cancel()
@@ -106,5 +110,5 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
 async def _drain(fut: asyncio.Future[Any]) -> None:
     try:
         await fut
-    except Exception as e:  # a straggler's failure no longer matters to anyone
+    except Exception as e:  # noqa: BLE001 - a straggler's failure no longer matters to anyone
         log.debug("straggler failed: %s", e)
