@@ -250,6 +250,7 @@ async def run_cell(
     sampler.start()
     cpu_before = self_cpu_seconds()
     begin = time.perf_counter()
+    cell.deadline = time.monotonic() + max_seconds  # the duration counts from here, after the sampler's start
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):

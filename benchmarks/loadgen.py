@@ -150,6 +150,18 @@ async def preflight(client: S3LoadClient, prefix: str) -> None:
     await client.delete(key)
 
 
+async def warm_up(client: S3LoadClient, key: str, size: int) -> None:
+    """One untimed PUT, GET and DELETE of a new size: first-use costs (a store growing volumes, the sink
+    generating its stream) stay out of the first cell. Failures are left for the cells to count."""
+    try:
+        await client.put(key, size)
+        await client.get(key, size)
+    except (TimeoutError, OpError, aiohttp.ClientError, OSError):
+        pass
+    finally:
+        await _bounded_each([key], 1, client.delete)
+
+
 async def run_workload(
     target: S3Target,
     workloads: Sequence[str] = ("put", "get"),
@@ -188,6 +200,7 @@ async def run_workload(
         try:
             for size in sizes:
                 await payloads.ensure(size)
+                await warm_up(setup, f"{prefix}warm-up/{size}", size)
                 keys = KeySpace(prefix, size)
                 spaces.append(keys)
                 working_set = objects if objects is not None else default_objects(size)

@@ -8,9 +8,10 @@ state. Windows start at key-dependent, unaligned offsets, so a store that dedupl
 blocks cannot collapse the objects into one.
 
 Signing is a small SigV4 signer with `x-amz-content-sha256: UNSIGNED-PAYLOAD` (the body is never
-hashed). botocore's `S3SigV4Auth` costs about 75 us per request here, a third of a core at 5,000
-ops/s, and hashes the whole body over plain HTTP; this one costs a few microseconds, and the unit
-tests check its Authorization header against botocore's for the same request and time.
+hashed). botocore's `S3SigV4Auth` costs about 45 us of CPU per request here (a quarter of a core at
+5,000 ops/s, as much again as aiohttp's whole client path) and hashes every body over plain HTTP;
+this one costs about 4 us, and the unit tests check its Authorization header against botocore's for
+the same request and time, and recompute the signature of what arrives on the wire with botocore.
 """
 
 from __future__ import annotations

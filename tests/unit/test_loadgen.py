@@ -182,7 +182,8 @@ async def test_delete_stops_when_no_key_is_left(sink: Sink) -> None:
 
 async def test_duration_bound_ends_a_cell(sink: Sink) -> None:
     [result] = await loadgen.run_workload(target(sink), ["put"], [4096], [2], max_ops=10**9, max_seconds=0.3)
-    assert result.stopped_by == "duration" and 0.3 <= result.seconds < 3 and result.ops > 0
+    # in-flight requests finish after the deadline: on a busy machine that can take a while
+    assert result.stopped_by == "duration" and 0.3 <= result.seconds < 10 and result.ops > 0
     with pytest.raises(ValueError):
         await loadgen.run_workload(target(sink), ["put"], max_seconds=0)
     with pytest.raises(ValueError):
