@@ -36,6 +36,14 @@ function fmtBytes(n) {
   return text.replace(/\.0$/, "") + " " + units[i];
 }
 
+// Every label of a byte axis in the unit of its top, so the ticks read 0, 0.5, 1, 1.5 MiB/s.
+function fmtByteAxis(v, axisMax) {
+  const unit = byteUnit(axisMax);
+  const names = { 1: "B", 1024: "KiB", 1048576: "MiB", 1073741824: "GiB", 1099511627776: "TiB" };
+  const scaled = v / unit;
+  return (Number.isInteger(scaled) ? scaled : scaled.toFixed(1)) + " " + (names[unit] || "B") + "/s";
+}
+
 function fmtMs(ms) {
   if (ms === null || ms === undefined) return "–";
   if (ms >= 1000) return (ms / 1000).toFixed(ms >= 10000 ? 0 : 1) + " s";
@@ -109,10 +117,11 @@ function seenText(node) {
     tally[state] = (tally[state] || 0) + 1;
   }
   if (!observers) return "no peer answered";
+  const prefix = node.reachable === false ? "no answer to the gateway; " : "";
   const seen = STATES.concat(["?"]).filter((s) => tally[s]);
   const word = (s) => (s === "?" ? "unknown" : s);
-  if (seen.length === 1) return tally[seen[0]] + " of " + observers + " peers see it " + word(seen[0]);
-  return "peers see it " + seen.map((s) => word(s) + " " + tally[s]).join(", ");
+  if (seen.length === 1) return prefix + tally[seen[0]] + " of " + observers + " peers see it " + word(seen[0]);
+  return prefix + "peers see it " + seen.map((s) => word(s) + " " + tally[s]).join(", ");
 }
 
 function meter(fraction, cls) {
@@ -186,12 +195,16 @@ function renderZones(st) {
 
 // -- charts -----------------------------------------------------------------------------------------
 
-// A round step (1, 2 or 5 times a power of ten, or of 1024 for bytes) that fits `max` in about four steps.
+// The power of 1024 whose unit (B, KiB, MiB...) a byte axis up to `max` is labelled in.
+function byteUnit(max) {
+  return max >= 1024 ? Math.pow(1024, Math.floor(Math.log(max) / Math.log(1024))) : 1;
+}
+
+// A round step (1, 2 or 5 times a power of ten, in units of byteUnit for bytes) that fits `max` in ~4 steps.
 function niceStep(max, base) {
   if (max <= 0) return 1;
-  const raw = max / 4;
-  const unit = base === 1024 && raw >= 1024 ? Math.pow(1024, Math.floor(Math.log(raw) / Math.log(1024))) : 1;
-  const scaled = raw / unit;
+  const unit = base === 1024 ? byteUnit(max) : 1;
+  const scaled = max / 4 / unit;
   const p = Math.pow(10, Math.floor(Math.log10(scaled)));
   for (const m of [1, 2, 5, 10]) if (scaled <= m * p) return m * p * unit;
   return 10 * p * unit;
@@ -201,8 +214,8 @@ function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
-// series: [{values: [number|null], color, fill}]; fmt formats a y value for the axis; opts.base 1024 for
-// bytes, opts.integer for counts (no fractional steps).
+// series: [{values: [number|null], color, fill}]; fmt(v, axisMax) formats a y value for the axis;
+// seconds: the time the values span, one per second; opts.base 1024 for bytes, opts.integer for counts.
 function drawChart(canvas, series, fmt, seconds, opts) {
   opts = opts || {};
   const dpr = window.devicePixelRatio || 1;
@@ -240,15 +253,14 @@ function drawChart(canvas, series, fmt, seconds, opts) {
     ctx.moveTo(pad.l, yy);
     ctx.lineTo(pad.l + pw, yy);
     ctx.stroke();
-    ctx.fillText(fmt(v), pad.l - 6, yy);
+    ctx.fillText(fmt(v, max), pad.l - 6, yy);
   }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  const minutes = Math.floor(seconds / 60);
-  for (let m = minutes; m >= 0; m--) {
-    const i = n - 1 - (m * 60 * (n - 1)) / Math.max(1, seconds - 1);
-    if (i < 0) continue;
-    ctx.fillText(m === 0 ? "now" : "-" + m + "m", Math.min(x(i), pad.l + pw - 12), pad.t + ph + 5);
+  const every = seconds > 150 ? 60 : seconds > 75 ? 30 : 15;
+  for (let ago = Math.floor((n - 1) / every) * every; ago >= 0; ago -= every) {
+    const label = ago === 0 ? "now" : every === 60 ? "-" + ago / 60 + "m" : "-" + ago + "s";
+    ctx.fillText(label, Math.min(x(n - 1 - ago), pad.l + pw - 12), pad.t + ph + 5);
   }
 
   for (const s of series) {
@@ -286,10 +298,13 @@ function drawChart(canvas, series, fmt, seconds, opts) {
 function renderCharts(st) {
   const gw = st.gateway || {};
   const samples = gw.samples || [];
-  const seconds = gw.window_seconds || samples.length || 300;
   if (!samples.length) return;
-  $("window-hint").textContent = "last " + Math.round(seconds / 60) + " minutes, per second";
-  const pick = (f) => samples.map(f);
+  // a young gateway has no history to show: draw the time since it started (at least a minute)
+  const seconds = Math.min(samples.length, Math.max(60, Math.ceil(gw.uptime || 0)));
+  const shown = samples.slice(-seconds);
+  $("window-hint").textContent = "last " + (seconds >= 120 ? Math.round(seconds / 60) + " minutes"
+    : seconds + " seconds") + ", per second";
+  const pick = (f) => shown.map(f);
   // errors first: where both are zero the requests line is the one on top
   drawChart($("chart-requests"), [
     { values: pick((s) => s.errors), color: cssVar("--c-err") },
@@ -298,7 +313,7 @@ function renderCharts(st) {
   drawChart($("chart-bytes"), [
     { values: pick((s) => s.bytes_in), color: cssVar("--c-in"), fill: true },
     { values: pick((s) => s.bytes_out), color: cssVar("--c-out"), fill: true },
-  ], (v) => fmtBytes(v) + "/s", seconds, { base: 1024 });
+  ], fmtByteAxis, seconds, { base: 1024 });
   drawChart($("chart-latency"), [
     { values: pick((s) => s.p50_ms), color: cssVar("--c-p50") },
     { values: pick((s) => s.p99_ms), color: cssVar("--c-p99") },
