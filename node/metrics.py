@@ -63,7 +63,7 @@ class NodeCollector(Collector):
 
     async def refresh(self) -> None:
         node = self.node
-        self.counts = await node.run(node.store.counts)
+        self.counts = await node.counts()
         usage = await node.run(shutil.disk_usage, node.cfg.data_dir)
         self.disk_total, self.disk_free = usage.total, usage.free
 
