@@ -150,7 +150,8 @@ def _token(after: str) -> str:
 
 def _untoken(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
+        # validate: the lenient decoder drops foreign characters, so garbage would restart the listing
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode("utf-8", "surrogatepass")
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
                       extra={"ArgumentName": "continuation-token", "ArgumentValue": token}) from None
