@@ -58,10 +58,12 @@ async def head_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def delete_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     from gateway.s3listing import bucket_is_empty
-    from gateway.s3multipart import has_uploads
+    from gateway.s3multipart import abort_all_uploads
 
-    if not await bucket_is_empty(gw, bucket) or await has_uploads(gw, bucket):
+    if not await bucket_is_empty(gw, bucket):
         raise S3Error("BucketNotEmpty", extra={"BucketName": req.bucket})
+    # Uploads in progress do not keep a bucket alive in S3: they go with it.
+    await abort_all_uploads(gw, bucket)
     await gw.buckets.delete(bucket)
     return web.Response(status=204)
 

