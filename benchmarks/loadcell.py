@@ -119,7 +119,7 @@ class CellResult:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     by_op: dict[str, dict[str, float]] = field(default_factory=dict)  # per operation: ops, errors, latencies
     listed: int = 0  # keys seen on LIST pages
-    stopped_by: str = ""  # max_ops, duration, or no_keys (a DELETE run that removed every key)
+    stopped_by: str = ""  # max_ops, max_bytes, duration, or no_keys (a DELETE run that removed every key)
     client_cpu_seconds: float = 0.0  # the generator's own CPU over the cell (all its threads)
     server: dict[str, Any] = field(default_factory=dict)  # cpu_seconds, peak_rss_bytes (summed), per_pid
     first_error: str = ""  # one full error message, for the reader who wonders what the kinds mean
@@ -151,9 +151,9 @@ class _Cell:
     """The workers of one cell, sharing bounds, keys and tallies (one event loop: no locks needed)."""
 
     def __init__(self, client: S3LoadClient, keys: KeySpace, workload: str, mix: Mapping[str, float],
-                 rng: random.Random, max_ops: int, deadline: float) -> None:
+                 rng: random.Random, max_ops: int, deadline: float, ops_bound_name: str = "max_ops") -> None:
         self.client, self.keys, self.workload, self.rng = client, keys, workload, rng
-        self.max_ops, self.deadline = max_ops, deadline
+        self.max_ops, self.deadline, self.ops_bound_name = max_ops, deadline, ops_bound_name
         self.started = 0
         self.stopped_by = ""
         self.tally = _Tally()
@@ -201,7 +201,7 @@ class _Cell:
         tally = self.tally
         while True:
             if self.started >= self.max_ops:
-                self.stopped_by = self.stopped_by or "max_ops"
+                self.stopped_by = self.stopped_by or self.ops_bound_name
                 return
             if time.monotonic() >= self.deadline:
                 self.stopped_by = self.stopped_by or "duration"
@@ -240,11 +240,15 @@ async def run_cell(
     mix: Mapping[str, float],
     rng: random.Random,
     pids: Sequence[int] = (),
+    ops_bound_name: str = "max_ops",
 ) -> CellResult:
-    """Run `workload` on `keys` with `concurrency` workers until `max_ops` were started or `max_seconds` passed."""
+    """Run `workload` on `keys` with `concurrency` workers until `max_ops` were started or `max_seconds` passed.
+
+    `ops_bound_name` is what `stopped_by` says when `max_ops` ends the cell (the caller may have derived
+    it from a byte bound)."""
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}")
-    cell = _Cell(client, keys, workload, mix, rng, max_ops, time.monotonic() + max_seconds)
+    cell = _Cell(client, keys, workload, mix, rng, max_ops, time.monotonic() + max_seconds, ops_bound_name)
     cell.reads_keep = concurrency if workload == "mixed" else 0
     sampler = ProcSampler(pids)
     sampler.start()

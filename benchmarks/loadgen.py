@@ -101,11 +101,13 @@ def default_objects(size: int) -> int:
 
 
 def _session(timeout: float) -> aiohttp.ClientSession:
-    # no connection limit: the workers bound concurrency; bodies stay as sent (no decompression)
+    # no connection limit: the workers bound concurrency. No Accept-Encoding: a store must send the
+    # bytes as stored, and a compressed answer would fail the byte check
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10),
         auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),
     )
 
 
@@ -208,11 +210,14 @@ async def run_workload(
                     for concurrency in concurrencies:
                         if workload != "put":
                             await _fill(setup, keys, working_set)
+                        ops_bound, bound_name = max_ops, "max_ops"
+                        if workload in ("put", "get", "mixed") and max_bytes // size < max_ops:
+                            ops_bound, bound_name = max(1, max_bytes // size), "max_bytes"
                         async with _session(timeout) as cell_session:
                             client = S3LoadClient(cell_session, target, payloads)
                             result = await run_cell(
-                                client, keys, workload, concurrency, max_ops=min(max_ops, max(1, max_bytes // size)),
-                                max_seconds=max_seconds, mix=mix or DEFAULT_MIX, rng=random.Random(seed), pids=pids,
+                                client, keys, workload, concurrency, max_ops=ops_bound, max_seconds=max_seconds,
+                                mix=mix or DEFAULT_MIX, rng=random.Random(seed), pids=pids, ops_bound_name=bound_name,
                             )
                         results.append(result)
                         if on_result is not None:

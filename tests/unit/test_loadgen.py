@@ -184,6 +184,10 @@ async def test_duration_bound_ends_a_cell(sink: Sink) -> None:
     [result] = await loadgen.run_workload(target(sink), ["put"], [4096], [2], max_ops=10**9, max_seconds=0.3)
     # in-flight requests finish after the deadline: on a busy machine that can take a while
     assert result.stopped_by == "duration" and 0.3 <= result.seconds < 10 and result.ops > 0
+    put, head = await loadgen.run_workload(target(sink), ["put", "head"], [8192], [2], max_ops=40,
+                                           max_bytes=5 * 8192, objects=3)
+    assert (put.ops, put.stopped_by) == (5, "max_bytes")  # a byte bound caps PUT and GET ...
+    assert (head.ops, head.stopped_by) == (40, "max_ops")  # ... not HEAD, which moves no body
     with pytest.raises(ValueError):
         await loadgen.run_workload(target(sink), ["put"], max_seconds=0)
     with pytest.raises(ValueError):
