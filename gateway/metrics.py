@@ -81,9 +81,9 @@ def _bytes_sent(request: web.Request, response: web.StreamResponse | None) -> in
 
 def _operation(request: web.Request, s3: bool) -> str:
     if s3:
-        return request.get(OPERATION, "unrouted")
+        return str(request.get(OPERATION, "unrouted"))
     info = request.match_info
-    return "unmatched" if info.http_exception is not None else getattr(info.handler, "__name__", "unmatched")
+    return "unmatched" if info.http_exception is not None else str(getattr(info.handler, "__name__", "unmatched"))
 
 
 @web.middleware

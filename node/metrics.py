@@ -137,7 +137,7 @@ def _operation(request: web.Request) -> str:
     info = request.match_info
     if info.http_exception is not None:
         return "unmatched"
-    return getattr(info.handler, "__name__", "unmatched")
+    return str(getattr(info.handler, "__name__", "unmatched"))
 
 
 def request_id_of(request: web.Request) -> str | None:

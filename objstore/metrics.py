@@ -108,7 +108,7 @@ class SecondWindow:
         """One dict per second, oldest first, up to the last complete second (idle seconds are zeros)."""
         now = int(self.clock())
         count = min(last or self.seconds, self.seconds - 1)
-        out = []
+        out: list[dict[str, Any]] = []
         for t in range(now - count, now):
             slot = self._slots[t % self.seconds]
             if slot is None or slot.t != t:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -99,12 +99,12 @@ class Traffic:
                 self.s3.put_object(Bucket="dashboard", Key=key, Body=os.urandom((i % 4) ** 3 * 40_000 + 40_000))
                 self.s3.get_object(Bucket="dashboard", Key=key)["Body"].read()
                 self.requests += 2
-            except Exception:
-                pass  # a request that lands while a node dies may fail: the chart shows it, the test goes on
+            except Exception:  # noqa: BLE001, S110 - a request that lands while a node dies may fail; the
+                pass  # chart shows it and the test goes on
             i += 1
             self.stop.wait(0.05)
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

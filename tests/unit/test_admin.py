@@ -80,10 +80,10 @@ async def test_dashboard_page_and_files_come_from_the_gateway_only(gateway: str)
 
 
 async def test_status_api_reports_nodes_and_gateway_samples(gateway: str) -> None:
-    async with aiohttp.ClientSession(headers=basic("ADMINKEY", "admin-secret")) as http:
-        async with http.get(gateway + "/_objstore/api/status") as r:
-            assert r.status == 200
-            status = await r.json()
+    async with aiohttp.ClientSession(headers=basic("ADMINKEY", "admin-secret")) as http, \
+            http.get(gateway + "/_objstore/api/status") as r:
+        assert r.status == 200
+        status = await r.json()
     assert status["epoch"] == 2 and (status["k"], status["m"]) == (2, 1)
     assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"]
     assert {n["state"] for n in status["nodes"]} == {"down"}  # no node answers
