@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any
 
 from objstore.client import REQUEST_ID
@@ -50,13 +53,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str, separators=(",", ":"))
 
 
-def setup_logging(level: str, process_name: str, stream: IO[str] | None = None) -> logging.Handler:
+_listener: QueueListener | None = None
+_atexit_registered = False
+
+
+def setup_logging(level: str, process_name: str, stream: IO[str] | None = None) -> None:
     """Send every log record of this process, as JSON lines, to `stream` (stderr by default).
 
-    Replaces the root logger's handlers, so calling it twice does not double the lines.
-    Returns the handler (tests read from a stream of their own).
+    A record is formatted where it is logged (the request id lives in that context) and queued; a thread
+    writes the lines, so logging never blocks the event loop on a slow disk or pipe. Replaces the root
+    logger's handlers, so calling it twice does not double the lines.
     """
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    global _listener, _atexit_registered
+    stop_logging()
+    sink = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    sink.setFormatter(logging.Formatter("%(message)s"))  # records arrive as finished JSON lines
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = QueueHandler(lines)
     handler.setFormatter(JsonFormatter(process_name))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
@@ -66,4 +79,29 @@ def setup_logging(level: str, process_name: str, stream: IO[str] | None = None) 
     root.setLevel(level.upper())
     # aiohttp's access logger repeats what the request middlewares already log, in another format
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    return handler
+    _listener = QueueListener(lines, sink)
+    _listener.start()
+    if not _atexit_registered:
+        atexit.register(stop_logging)
+        _atexit_registered = True
+
+
+def stop_logging() -> None:
+    """Write out the queued lines and stop the writer thread; later records are written as they come.
+
+    Runs at exit; tests call it before reading the stream they gave to setup_logging.
+    """
+    global _listener
+    if _listener is None:
+        return
+    listener, _listener = _listener, None
+    listener.stop()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, QueueHandler) and handler.queue is listener.queue:
+            sink = listener.handlers[0]
+            direct = logging.StreamHandler(getattr(sink, "stream", sys.stderr))
+            direct.setFormatter(handler.formatter)
+            direct.addFilter(RequestIdFilter())
+            root.removeHandler(handler)
+            root.addHandler(direct)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from objstore.client import REQUEST_ID
-from objstore.logs import setup_logging
+from objstore.logs import setup_logging, stop_logging
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def log_stream() -> Iterator[io.StringIO]:
     try:
         yield stream
     finally:
+        stop_logging()
         for h in list(root.handlers):
             root.removeHandler(h)
         for h in saved_handlers:
@@ -32,6 +33,8 @@ def log_stream() -> Iterator[io.StringIO]:
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    """The JSON lines written so far (the writer thread is stopped first, so every queued line is out)."""
+    stop_logging()
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -81,7 +84,17 @@ def test_setup_twice_does_not_double_lines_and_odd_extras_are_strings(log_stream
     setup_logging("info", "gateway", second)
     logging.getLogger("objstore.test").debug("dropped below info")
     logging.getLogger("objstore.test").info("kept", extra={"when": object()})
-    assert log_stream.getvalue() == ""
+    assert lines(log_stream) == []
     [doc] = lines(second)
     assert doc["process"] == "gateway" and doc["msg"] == "kept"
     assert str(doc["when"]).startswith("<object object")
+
+
+def test_lines_are_written_by_a_thread_and_all_out_after_stop(log_stream: io.StringIO) -> None:
+    log = logging.getLogger("objstore.test")
+    for i in range(200):
+        log.info("line %d", i)
+    docs = lines(log_stream)  # stop_logging drains the queue
+    assert [d["msg"] for d in docs] == [f"line {i}" for i in range(200)]
+    log.info("after stop")  # written at once by the handler that replaced the queue
+    assert json.loads(log_stream.getvalue().splitlines()[-1])["msg"] == "after stop"
