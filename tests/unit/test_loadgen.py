@@ -298,7 +298,7 @@ def test_main_against_sink_writes_json(tmp_path: Path, capsys: pytest.CaptureFix
     assert [(r["workload"], r["size"], r["concurrency"], r["ops"]) for r in data["results"]] == [
         ("put", 4096, 2, 30), ("get", 4096, 2, 30)]
     assert all(r["server"]["cpu_seconds"] is not None and r["server"]["peak_rss_bytes"] > 0 for r in data["results"])
-    assert "generator ceiling PUT 4 KiB" in capsys.readouterr().out
+    assert "generator ceiling PUT 4 KiB: " in capsys.readouterr().out
 
 
 def test_main_refuses_a_missing_target(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
