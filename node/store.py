@@ -240,6 +240,11 @@ class Store:
     @on_sql_thread
     def _put_record(self, rec: ObjectRecord) -> list[str]:
         db = self._db
+        covered = sum(p.size for p in rec.parts)
+        if not rec.deleted and covered != rec.size:
+            # Every part is listed, present here or not: a record missing one would read as a shorter
+            # object, or count as whole while a shard is lost.
+            raise RecordError(f"record of {rec.size} bytes lists parts of {covered} bytes")
         needed = [p.blob for p in rec.parts if p.inline is None and p.present]
         for part in rec.parts:
             if part.inline is not None or not part.present:

@@ -15,7 +15,7 @@ from node.shards import BlobWriter, CorruptShard, DiskFull
 from node.store import BlobMissing, BlobReferenced, Store
 from objstore.cluster import ECProfile
 from objstore.codec import block_checksum
-from objstore.records import KVRecord, ObjectRecord, PartRef
+from objstore.records import KVRecord, ObjectRecord, PartRef, RecordError
 
 BS = 1024
 EC = ECProfile(2, 1, BS)
@@ -133,6 +133,17 @@ def test_record_commit_and_blob_references(store: Store) -> None:
     assert store.blob("p1", 0) is not None
     assert store.delete_record("b", "k2", "v1") == 1
     assert store.blob("p1", 0) is None and list(store.data.rglob("p1.*")) == []
+
+
+def test_a_record_must_list_every_part(store: Store) -> None:
+    data = b"d" * BS
+    write_blob(store, "p", data)
+    whole = rec("k", "v1", [blob_part("p", data), PartRef(2, 10, "e", "other", present=False)])
+    store.put_record(whole)
+    with pytest.raises(RecordError, match="parts of 1024 bytes"):
+        store.put_record(ObjectRecord(bucket="b", key="k", version="v1", shard=1, ec=EC, size=BS + 10,
+                                      parts=[blob_part("p", data)]))
+    store.put_record(ObjectRecord(bucket="b", key="k", version="v2", shard=0, ec=EC, deleted=True))
 
 
 def test_rewriting_a_record_drops_the_blob_it_no_longer_names(store: Store) -> None:
