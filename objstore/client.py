@@ -89,7 +89,9 @@ class NodeClient:
 
     def __init__(self, secret: str, timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
         self.secret = secret
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout,
+        # connect=None: waiting for a free pooled connection is not a connect failure (a fan-out of
+        # hundreds of calls to one node queues); the TCP connect itself is bounded by sock_connect.
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
                                              sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
 
