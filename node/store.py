@@ -75,7 +75,7 @@ class BlobReferenced(Exception):
 def on_sql_thread(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
     """Run a Store method on the store's one SQLite thread (inline when already there), so any thread may call it."""
 
-    def wrapper(self: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if getattr(self._local, "sql", False):
             return fn(self, *args, **kwargs)
         return self.sql_executor.submit(fn, self, *args, **kwargs).result()
