@@ -16,6 +16,7 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiMapping
 
+from gateway import sigv2
 from gateway.errors import S3Error
 from gateway.payload import (
     STREAMING_MODES,
@@ -233,8 +234,11 @@ class Authenticator:
             claim = self._claim_from_header(authorization, headers)
         elif presigned:
             claim = self._claim_from_query(request)
-        elif "Signature" in query_names or "AWSAccessKeyId" in query_names:
-            raise S3Error("InvalidRequest", UNSUPPORTED_MECHANISM)
+        elif sigv2.is_presigned_v2(query_names):
+            # aws-cli v1 presigns with SigV2 by default: accept that URL form (and only that one)
+            user = sigv2.verify_presigned(request.method, raw_path, raw_query, request.query, headers, self.users,
+                                          self.clock())
+            return AuthResult(user, PayloadReader(request.content, headers, UNSIGNED_PAYLOAD), presigned=True)
         else:
             raise S3Error("AccessDenied", "Anonymous access is not allowed.")
 
