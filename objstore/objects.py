@@ -331,7 +331,7 @@ class ObjectIO:
             await self._with_handoff(key[1], node, spares, attempt)
 
         try:
-            done = await quorum(keys, put, need=len(keys), parallel=len(keys))
+            done = await quorum(keys, put, need=len(keys), parallel=len(keys), settle=True)
         except QuorumError as e:
             done = e.successes
         committed = {key[1] for key, _ in done}

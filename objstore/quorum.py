@@ -56,7 +56,8 @@ class Background:
 
 
 async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: int, *,
-                 parallel: int | None = None, background: Background | None = None) -> list[tuple[T, R]]:
+                 parallel: int | None = None, background: Background | None = None,
+                 settle: bool = False) -> list[tuple[T, R]]:
     """Call targets in order until `need` calls succeeded; returns (target, result) of the successes, in
     the order they finished (at least `need`; more if several finished at the same instant).
 
@@ -66,6 +67,9 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
     `background` to finish (a write that lands late still counts on its node); without a background
     they are cancelled, so nothing outlives the call without an owner. If the caller is cancelled, every
     running call is cancelled too.
+
+    With `settle`, an out-of-reach quorum first lets the running calls end, so the QuorumError lists
+    every success: a writer that must clean up after a failed write needs to know all it wrote.
     """
     if need <= 0:
         return []
@@ -84,6 +88,13 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
     try:
         while len(successes) < need:
             if len(successes) + len(running) + len(queue) < need:
+                if settle and running:
+                    for fut, (_, target) in sorted(running.items(), key=lambda item: item[1][0]):
+                        try:
+                            successes.append((target, await fut))
+                        except Exception as e:  # noqa: BLE001 - collected into the QuorumError
+                            errors.append((target, e))
+                    running.clear()
                 raise QuorumError(successes, errors, need)
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: running[f][0]):  # same-instant results in target order

@@ -121,3 +121,11 @@ async def test_background_close_cancels_after_the_timeout() -> None:
     bg.spawn(asyncio.sleep(0))
     await asyncio.wait_for(bg.close(timeout=0.05), 2)
     assert done.is_set() and len(bg) == 0
+
+
+async def test_settle_waits_for_running_calls_so_the_error_lists_every_success() -> None:
+    fake = Fake({"a": 0.0, "b": 0.05, "c": 0.1}, failing={"a"})
+    with pytest.raises(QuorumError) as e:
+        await asyncio.wait_for(quorum(["a", "b", "c"], fake, need=3, parallel=3, settle=True), 2)
+    assert sorted(e.value.successes) == [("b", "B"), ("c", "C")]  # a writer learns all it wrote
+    assert fake.cancelled == []
