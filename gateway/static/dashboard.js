@@ -151,10 +151,10 @@ function nodeCard(node, maxShards) {
 
   if (node.disk_total) {
     const used = (node.disk_total - node.disk_free) / node.disk_total;
-    card.appendChild(kv("disk used", (used * 100).toFixed(0) + "% of " + fmtBytes(node.disk_total)));
+    card.appendChild(kv("disk", (used * 100).toFixed(0) + "% of " + fmtBytes(node.disk_total)));
     card.appendChild(meter(used, used > 0.95 ? "full" : used > 0.85 ? "high" : ""));
   } else {
-    card.appendChild(kv("disk used", "–"));
+    card.appendChild(kv("disk", "–"));
     card.appendChild(meter(0));
   }
   const shards = node.blobs;
