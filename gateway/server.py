@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from objstore.client import REQUEST_ID, NodeClient
@@ -248,9 +249,22 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     return app
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp answers a request it cannot parse with a 400 and logs a traceback; for a client's fault one line does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            record.msg, record.args = "malformed HTTP request refused with %s: %s", (exc.code, exc.message)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def run(cfg: GatewayConfig) -> None:
     """Serve S3 until SIGTERM or SIGINT."""
     setup_logging(cfg.log_level, "gateway")
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     try:
         import uvloop
 

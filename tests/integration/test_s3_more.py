@@ -597,6 +597,22 @@ def test_client_disconnect_mid_get_is_quiet(cluster: DevCluster, s3, bucket: str
     assert s3.get_object(Bucket=bucket, Key="big")["Body"].read() == data
 
 
+def test_malformed_http_is_a_quiet_400(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Requests the HTTP parser refuses get a 400 and a log line, not a traceback."""
+    log = Path(cluster.require_gateway()["log"])
+    before = log.read_text(errors="replace").count("Traceback")
+    host = urlsplit(cluster.endpoint).netloc
+    hostname, port = host.split(":")
+    for bad in (b"Content-Length: -1\r\n", b"Content-Length:\r\n", b"x-amz-meta-a: \x04ctl\r\n",
+                b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"):
+        with socket.create_connection((hostname, int(port)), timeout=HTTP_TIMEOUT) as sock:
+            sock.sendall(f"PUT /{bucket}/bad HTTP/1.1\r\nHost: {host}\r\n".encode() + bad + b"\r\nabc")
+            assert sock.recv(4096).split(b" ", 2)[1] == b"400", bad
+    time.sleep(0.5)
+    assert log.read_text(errors="replace").count("Traceback") == before, log.read_text()[-3000:]
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
 def test_overlapping_puts_the_last_to_complete_wins(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
     """A PUT that started first but finished last is the object's content, as in S3."""
     for size in (1000, 2 * 1024 * 1024 + 1):  # inline and streamed
