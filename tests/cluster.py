@@ -240,8 +240,10 @@ class DevCluster:
         else:
             wait_pids_gone([node.pid], timeout)
 
-    def start_node(self, node_id: str, timeout: float = 30.0) -> NodeProc:
-        """Start the node again with its config, as a child of the test, and wait until it answers."""
+    def start_node(self, node_id: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> NodeProc:
+        """Start the node again with its config, as a child of the test, and wait until it answers.
+
+        `env` adds environment variables to the node process (the fault hooks of docs/architecture.md)."""
         node = self.node(node_id)
         if not pid_gone(node.pid):
             raise ClusterError(f"node {node_id} is still running as pid {node.pid}")
@@ -251,7 +253,7 @@ class DevCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=child_env(),
+                env={**child_env(), **(env or {})},
                 preexec_fn=die_with_parent(),
                 process_group=0,
             )
