@@ -74,6 +74,9 @@ ERRORS: dict[str, ErrorSpec] = {
         404, "The server side encryption configuration was not found"
     ),
     "ObjectLockConfigurationNotFoundError": ErrorSpec(404, "Object Lock configuration does not exist for this bucket"),
+    "NoSuchPublicAccessBlockConfiguration": ErrorSpec(404, "The public access block configuration was not found"),
+    "OwnershipControlsNotFoundError": ErrorSpec(404, "The bucket ownership controls were not found"),
+    "ReplicationConfigurationNotFoundError": ErrorSpec(404, "The replication configuration was not found"),
     # objects and versions
     "NoSuchKey": ErrorSpec(404, "The specified key does not exist."),
     "NoSuchVersion": ErrorSpec(404, "The specified version does not exist."),

@@ -17,6 +17,23 @@ UNSUPPORTED_BUCKET_SUBRESOURCES = (
 )
 
 
+NOT_CONFIGURED = {
+    "policy": "NoSuchBucketPolicy", "cors": "NoSuchCORSConfiguration", "lifecycle": "NoSuchLifecycleConfiguration",
+    "tagging": "NoSuchTagSet", "website": "NoSuchWebsiteConfiguration",
+    "encryption": "ServerSideEncryptionConfigurationNotFoundError",
+    "object-lock": "ObjectLockConfigurationNotFoundError", "publicAccessBlock": "NoSuchPublicAccessBlockConfiguration",
+    "ownershipControls": "OwnershipControlsNotFoundError", "replication": "ReplicationConfigurationNotFoundError",
+}
+"""Bucket configurations that cannot be set here: reading one gets S3's "there is none" error."""
+EMPTY_CONFIGURATIONS: dict[str, tuple[str, dict[str, object]]] = {
+    "logging": ("BucketLoggingStatus", {}),
+    "notification": ("NotificationConfiguration", {}),
+    "accelerate": ("AccelerateConfiguration", {}),
+    "requestPayment": ("RequestPaymentConfiguration", {"Payer": "BucketOwner"}),
+}
+"""Bucket configurations whose unset state S3 answers with a document."""
+
+
 def xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/xml", headers=headers)
 
@@ -126,3 +143,24 @@ async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return web.Response(status=200)
 
 
+
+
+def _configuration(req: S3Request, names: object) -> str:
+    return next(name for name in names if name in req.query)  # type: ignore[attr-defined]
+
+
+async def get_unset_configuration(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """GET ?policy, ?cors, ?logging...: none of these can be set, so the bucket has none (tools read them all)."""
+    await gw.buckets.get(req.bucket, req.user.access_key)
+    name = _configuration(req, [*NOT_CONFIGURED, *EMPTY_CONFIGURATIONS])
+    if name in NOT_CONFIGURED:
+        raise S3Error(NOT_CONFIGURED[name], extra={"BucketName": req.bucket})
+    root, body = EMPTY_CONFIGURATIONS[name]
+    return xml_response(render(root, body))  # type: ignore[arg-type]
+
+
+async def delete_unset_configuration(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """DELETE ?policy, ?cors...: removing a configuration the bucket does not have succeeds, as in S3."""
+    await gw.buckets.get(req.bucket, req.user.access_key)
+    await req.payload.read()
+    return web.Response(status=204)

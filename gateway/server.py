@@ -96,10 +96,11 @@ def select_handler(method: str, bucket: str, key: str, q: MultiDictProxy[str],
         table: dict[str, list[tuple[str | None, Handler]]] = {
             "GET": [("location", b.get_location), ("versioning", b.get_versioning), ("versions", ls.list_versions),
                     ("uploads", mp.list_uploads), ("acl", b.get_acl), ("list-type", ls.list_objects_v2),
+                    *((name, b.get_unset_configuration) for name in (*b.NOT_CONFIGURED, *b.EMPTY_CONFIGURATIONS)),
                     (None, ls.list_objects_v1)],
             "PUT": [("versioning", b.put_versioning), ("acl", b.put_acl), (None, b.create_bucket)],
             "HEAD": [(None, b.head_bucket)],
-            "DELETE": [(None, b.delete_bucket)],
+            "DELETE": [*((name, b.delete_unset_configuration) for name in b.NOT_CONFIGURED), (None, b.delete_bucket)],
             "POST": [("delete", o.delete_objects)],
         }
         unsupported = b.UNSUPPORTED_BUCKET_SUBRESOURCES
@@ -114,11 +115,16 @@ def select_handler(method: str, bucket: str, key: str, q: MultiDictProxy[str],
             "POST": [("uploads", mp.create_upload), ("uploadId", mp.complete_upload)],
         }
         unsupported = o.UNSUPPORTED_OBJECT_SUBRESOURCES
+    for sub, handler in table.get(method, []):
+        if sub is not None and sub in q:
+            return handler
+    # A sub-resource no handler takes must never fall through to the plain operation (DELETE ?cors is
+    # not DeleteBucket).
     for sub in unsupported:
         if sub in q:
             raise S3Error("NotImplemented", f"{method} ?{sub} is not implemented")
     for sub, handler in table.get(method, []):
-        if sub is None or sub in q:
+        if sub is None:
             return handler
     if method in table:
         raise S3Error("NotImplemented", f"{method} with these parameters is not implemented")

@@ -284,13 +284,48 @@ def test_unknown_operations_are_not_implemented(s3, cluster: DevCluster, bucket:
             {"ID": "r", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]})
     assert _code(e.value) == "NotImplemented" and _status(e.value) == 501
     with pytest.raises(botocore.exceptions.ClientError) as e:
-        s3.get_bucket_policy(Bucket=bucket)
+        s3.put_bucket_policy(Bucket=bucket, Policy="{}")
     assert _code(e.value) == "NotImplemented"
+    status, _, body = raw(cluster, "DELETE", f"/{bucket}", "logging")  # never DeleteBucket in disguise
+    assert status == 501 and b"<Code>NotImplemented</Code>" in body
+    s3.head_bucket(Bucket=bucket)
     status, _, body = raw(cluster, "POST", f"/{bucket}/k", "select=&select-type=2", b"<x/>")
     assert status == 501 and b"<Code>NotImplemented</Code>" in body
     status, _, body = raw(cluster, "PATCH", f"/{bucket}/k")
     assert_s3_error(status, body)
     assert status in (405, 501)
+
+
+def test_unset_bucket_configurations(s3, alt, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Tools read every bucket configuration; those that cannot be set read as S3's "there is none"."""
+    for call, code in ((s3.get_bucket_policy, "NoSuchBucketPolicy"), (s3.get_bucket_cors, "NoSuchCORSConfiguration"),
+                       (s3.get_bucket_lifecycle_configuration, "NoSuchLifecycleConfiguration"),
+                       (s3.get_bucket_tagging, "NoSuchTagSet"), (s3.get_bucket_website, "NoSuchWebsiteConfiguration"),
+                       (s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError"),
+                       (s3.get_object_lock_configuration, "ObjectLockConfigurationNotFoundError"),
+                       (s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration"),
+                       (s3.get_bucket_ownership_controls, "OwnershipControlsNotFoundError"),
+                       (s3.get_bucket_replication, "ReplicationConfigurationNotFoundError")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call(Bucket=bucket)
+        assert _code(e.value) == code and _status(e.value) == 404, call
+    assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket=bucket)
+    assert s3.get_bucket_request_payment(Bucket=bucket)["Payer"] == "BucketOwner"
+    assert "Status" not in s3.get_bucket_accelerate_configuration(Bucket=bucket)
+    s3.get_bucket_notification_configuration(Bucket=bucket)
+    for call in (s3.delete_bucket_policy, s3.delete_bucket_cors, s3.delete_bucket_lifecycle, s3.delete_bucket_tagging,
+                 s3.delete_bucket_website, s3.delete_bucket_encryption, s3.delete_public_access_block):
+        assert call(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    s3.head_bucket(Bucket=bucket)  # deleting a configuration never deletes the bucket
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alt.get_bucket_policy(Bucket=bucket)
+    assert _code(e.value) == "AccessDenied"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alt.delete_bucket_cors(Bucket=bucket)
+    assert _code(e.value) == "AccessDenied"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_bucket_policy(Bucket="no-such-bucket-here")
+    assert _code(e.value) == "NoSuchBucket"
 
 
 # ---------------------------------------------------------------- multipart copy
