@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 from aiohttp import web
 
@@ -50,7 +51,7 @@ async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return xml_response(render("ListAllMyBucketsResult", {
         "Owner": owner_xml(gw, req.user.access_key),
         "Buckets": {"Bucket": [
-            {"Name": b.name, "CreationDate": dt.datetime.fromtimestamp(b.created_ns / 1e9, dt.timezone.utc),
+            {"Name": b.name, "CreationDate": dt.datetime.fromtimestamp(b.created_ns / 1e9, dt.UTC),
              "BucketRegion": b.region} for b in buckets]},
     }))
 
@@ -145,8 +146,8 @@ async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 
 
-def _configuration(req: S3Request, names: object) -> str:
-    return next(name for name in names if name in req.query)  # type: ignore[attr-defined]
+def _configuration(req: S3Request, names: Iterable[str]) -> str:
+    return next(name for name in names if name in req.query)
 
 
 async def get_unset_configuration(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -10,8 +10,6 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from objstore.listing import KEY_CEILING, MergedListing, VersionInfo
-
 from gateway import versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
@@ -19,6 +17,7 @@ from gateway.headers import ns_datetime, quote_etag
 from gateway.s3buckets import owner_xml, xml_response
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import render
+from objstore.listing import KEY_CEILING, MergedListing, VersionInfo
 
 MAX_KEYS = 1000
 

@@ -11,21 +11,20 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import versioning
+from gateway.buckets import Bucket
+from gateway.errors import S3Error
+from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
+from gateway.s3buckets import owner_xml, xml_response
+from gateway.s3objects import copy_source
+from gateway.server import Gateway, S3Request
+from gateway.xmlio import parse_complete_multipart_upload, render
 from objstore.cluster import NodeInfo
 from objstore.kv import KVUnavailable
 from objstore.objects import BlobWrite, ShardWrite, WriteFailed
 from objstore.records import KVRecord, ObjectRecord, PartRef
 from objstore.ring import Ring
 from objstore.versions import new_version, version_time_ns
-
-from gateway.buckets import Bucket
-from gateway.errors import S3Error
-from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
-from gateway.s3buckets import owner_xml, xml_response
-from gateway import versioning
-from gateway.s3objects import copy_source
-from gateway.server import Gateway, S3Request
-from gateway.xmlio import parse_complete_multipart_upload, render
 
 UPLOADS, PARTS = "upload", "part"
 MIN_PART_SIZE = 5 * 1024 * 1024

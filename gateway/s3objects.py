@@ -9,19 +9,25 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from objstore.objects import ObjectVersion, ReadFailed, WriteFailed
-from objstore.records import ObjectRecord, PartRef
-from objstore.ring import Ring
-from objstore.versions import new_version, version_time_ns
-
 from gateway import versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
-from gateway.headers import (ObjectMeta, check_conditions, content_md5, last_modified, meta_from_request,
-                             object_headers, parse_range, quote_etag)
+from gateway.headers import (
+    ObjectMeta,
+    check_conditions,
+    content_md5,
+    last_modified,
+    meta_from_request,
+    object_headers,
+    parse_range,
+    quote_etag,
+)
 from gateway.s3buckets import acl_xml, check_private_acl, xml_response
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import parse_delete, render
+from objstore.objects import ObjectVersion, ReadFailed, WriteFailed
+from objstore.records import ObjectRecord, PartRef
+from objstore.versions import new_version, version_time_ns
 
 UNSUPPORTED_OBJECT_SUBRESOURCES = ("retention", "legal-hold", "torrent", "restore", "select", "attributes")
 

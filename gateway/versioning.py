@@ -9,12 +9,11 @@ set: any layer can tell one from its id alone, with no change to records or node
 
 from __future__ import annotations
 
-from objstore.listing import MergedListing
-from objstore.versions import is_version, new_version
-
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.server import Gateway
+from objstore.listing import MergedListing
+from objstore.versions import is_version, new_version
 
 NULL = "null"
 _MARK = 16  # index of the first hex digit of the random half; its top bit marks a null version
