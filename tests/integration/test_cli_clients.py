@@ -78,12 +78,11 @@ class Clients:
         self.rclone_conf.write_text(
             "[obj]\ntype = s3\nprovider = Other\n"
             f"access_key_id = {cluster.access_key}\nsecret_access_key = {cluster.secret_key}\n"
-            f"endpoint = {cluster.endpoint}\nregion = {cluster.region}\nforce_path_style = true\n")
+            f"endpoint = {cluster.endpoint}\nforce_path_style = true\n")
         self.s3cfg = home / ".s3cfg"
         self.s3cfg.write_text(
             f"[default]\naccess_key = {cluster.access_key}\nsecret_key = {cluster.secret_key}\n"
-            f"host_base = {host_port}\nhost_bucket = {host_port}\nuse_https = False\n"
-            f"bucket_location = {cluster.region}\n")
+            f"host_base = {host_port}\nhost_bucket = {host_port}\nuse_https = False\n")
         self.env = {
             "HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
