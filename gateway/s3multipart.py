@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import versioning
+from gateway import checksums, versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
@@ -88,17 +88,40 @@ def _part_number(req: S3Request) -> int:
     return int(raw)
 
 
+def _checksum_choice(req: S3Request) -> dict[str, str] | None:
+    """The object checksum a CreateMultipartUpload asks for: {"algorithm", "type"} (COMPOSITE or FULL_OBJECT)."""
+    algorithm = req.headers.get("x-amz-checksum-algorithm")
+    kind = req.headers.get("x-amz-checksum-type", "").strip().upper()
+    if algorithm is None:
+        if kind:
+            raise S3Error("InvalidRequest", "The x-amz-checksum-type header can only be used with the "
+                          "x-amz-checksum-algorithm header.")
+        return None
+    name = checksums.parse_algorithm(algorithm, "x-amz-checksum-algorithm")
+    kind = kind or ("FULL_OBJECT" if name == "crc64nvme" else "COMPOSITE")
+    # CRCs combine into a full-object CRC; any algorithm but CRC64NVME can be hashed over the parts' digests
+    allowed = checksums.CRC_ALGORITHMS if kind == "FULL_OBJECT" else set(checksums.ALGORITHMS) - {"crc64nvme"}
+    if kind not in ("COMPOSITE", "FULL_OBJECT") or name not in allowed:
+        raise S3Error("InvalidRequest", f"The {kind} checksum type cannot be used with the {name} algorithm.")
+    return {"algorithm": name, "type": kind}
+
+
 async def create_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     await req.payload.read()
     meta = meta_from_request(req.headers)
+    checksum = _checksum_choice(req)
     upload_id = new_version()
     _, _, owners = _owners(gw, bucket, req.key)
     value = {"key": req.key, "initiated": version_time_ns(upload_id), "owner": req.user.access_key,
-             "meta": {"content_type": meta.content_type, "headers": meta.headers, "meta": meta.meta}}
+             "meta": {"content_type": meta.content_type, "headers": meta.headers, "meta": meta.meta,
+                      "checksum": checksum}}
     await _kv(gw.kv.put(owners, KVRecord(UPLOADS, _upload_name(bucket.name, upload_id), upload_id, value)))
+    headers = {}
+    if checksum:
+        headers = {"x-amz-checksum-algorithm": checksum["algorithm"].upper(), "x-amz-checksum-type": checksum["type"]}
     return xml_response(render("InitiateMultipartUploadResult",
-                               {"Bucket": bucket.name, "Key": req.key, "UploadId": upload_id}))
+                               {"Bucket": bucket.name, "Key": req.key, "UploadId": upload_id}), headers=headers)
 
 
 def _shards_value(bw: BlobWrite) -> list[list[Any]]:
@@ -116,13 +139,31 @@ def _blob_from_value(gw: Gateway, ring: Ring, value: dict[str, Any]) -> BlobWrit
     return BlobWrite(value["blob"], value["size"], ring.ec, shards)
 
 
+def _part_checksum_algorithm(req: S3Request, upload: Upload) -> str | None:
+    """The algorithm a part is checksummed with: the upload's; a part sent with another one is refused."""
+    wanted = (upload.meta.get("checksum") or {}).get("algorithm")
+    sent = checksums.checksum_from_headers(req.headers)
+    declared = req.headers.get("x-amz-sdk-checksum-algorithm") or req.headers.get("x-amz-trailer", "")
+    sent_algorithm = sent[0] if sent else declared.strip().lower().removeprefix(checksums.HEADER_PREFIX) or None
+    if wanted and sent_algorithm and sent_algorithm != wanted:
+        raise S3Error("InvalidRequest", f"Checksum Type mismatch occurred, expected checksum Type: {wanted}, "
+                      f"actual checksum Type: {sent_algorithm}")
+    return wanted
+
+
 async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, source: Any,
-                      expect_md5: bytes | None) -> dict[str, Any]:
+                      expect_md5: bytes | None, algorithm: str | None = None) -> dict[str, Any]:
     ring, partition, owners = _owners(gw, bucket, upload.key)
     blob_id = f"{upload.upload_id}-{number:05d}-{secrets.token_hex(4)}"
     md5 = hashlib.md5()
+    summer = checksums.new_checksum(algorithm) if algorithm else None
+
+    def feed(payload: bytes) -> None:  # in the codec's thread, stripe by stripe, in order
+        md5.update(payload)
+        if summer is not None:
+            summer.update(payload)
     try:
-        bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=md5.update)
+        bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=feed)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
     if expect_md5 is not None and md5.digest() != expect_md5:
@@ -131,6 +172,8 @@ async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, 
     version = new_version()
     value = {"number": number, "size": bw.size, "etag": md5.hexdigest(), "blob": blob_id,
              "shards": _shards_value(bw), "modified": version_time_ns(version)}
+    if summer is not None and algorithm is not None:
+        value["checksum"] = {"algorithm": algorithm, "value": summer.b64digest()}
     name = f"{upload.upload_id}{SEP}{number:05d}"
     try:
         await _kv(gw.kv.put(owners, KVRecord(PARTS, name, version, value)))
@@ -144,8 +187,12 @@ async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     number = _part_number(req)
     upload = await _load_upload(gw, bucket, req)
-    value = await _store_part(gw, bucket, upload, number, req.payload, content_md5(req.headers))
-    return web.Response(status=200, headers={"ETag": quote_etag(value["etag"])})
+    algorithm = _part_checksum_algorithm(req, upload)
+    value = await _store_part(gw, bucket, upload, number, req.payload, content_md5(req.headers), algorithm)
+    headers = {"ETag": quote_etag(value["etag"])}
+    if "checksum" in value:
+        headers[checksums.header_name(algorithm or "")] = value["checksum"]["value"]
+    return web.Response(status=200, headers=headers)
 
 
 _COPY_RANGE = re.compile(r"bytes=(\d{1,19})-(\d{1,19})")
@@ -173,9 +220,12 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     offset, length = 0, src.record.size
     if "x-amz-copy-source-range" in req.headers:
         offset, length = _copy_range(req.headers["x-amz-copy-source-range"], src.record.size)
-    value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None)
-    return xml_response(render("CopyPartResult", {"LastModified": ns_datetime(value["modified"]),
-                                                  "ETag": quote_etag(value["etag"])}))
+    algorithm = (upload.meta.get("checksum") or {}).get("algorithm")
+    value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None, algorithm)
+    result: dict[str, object] = {"LastModified": ns_datetime(value["modified"]), "ETag": quote_etag(value["etag"])}
+    if "checksum" in value:
+        result[f"Checksum{value['checksum']['algorithm'].upper()}"] = value["checksum"]["value"]
+    return xml_response(render("CopyPartResult", result))  # type: ignore[arg-type]
 
 
 async def _parts(gw: Gateway, bucket: Bucket, upload: Upload) -> list[dict[str, Any]]:
@@ -225,6 +275,7 @@ async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
             raise S3Error("EntityTooSmall", extra={"ProposedSize": p["size"], "MinSizeAllowed": MIN_PART_SIZE,
                                                    "PartNumber": w.part_number, "ETag": w.etag})
         chosen.append(p)
+    object_checksum = _object_checksum(upload, wanted, chosen)
     ring, partition, _ = _owners(gw, bucket, upload.key)
     etag = hashlib.md5(b"".join(bytes.fromhex(p["etag"]) for p in chosen)).hexdigest() + f"-{len(chosen)}"
     version = versioning.object_version(bucket)
@@ -233,7 +284,7 @@ async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     template = ObjectRecord(
         bucket=bucket.name, key=upload.key, version=version, shard=0, ec=ring.ec, size=sum(p["size"] for p in chosen),
         etag=etag, content_type=meta["content_type"], headers=meta["headers"], meta=meta["meta"],
-        parts=[r for r, _ in refs], created=version_time_ns(version), multipart=True)
+        checksum=object_checksum, parts=[r for r, _ in refs], created=version_time_ns(version), multipart=True)
     try:
         await gw.io.commit(ring, partition, template, refs)
     except WriteFailed as e:
@@ -243,9 +294,33 @@ async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     headers = {}
     if (v := versioning.shown_on_write(bucket, version)) is not None:
         headers["x-amz-version-id"] = v
-    return xml_response(render("CompleteMultipartUploadResult", {
-        "Location": f"/{bucket.name}/{upload.key}", "Bucket": bucket.name, "Key": upload.key,
-        "ETag": quote_etag(etag)}), headers=headers)
+    result: dict[str, object] = {"Location": f"/{bucket.name}/{upload.key}", "Bucket": bucket.name,
+                                 "Key": upload.key, "ETag": quote_etag(etag)}
+    if object_checksum:
+        result[f"Checksum{object_checksum['algorithm']}"] = object_checksum["value"]
+        result["ChecksumType"] = object_checksum["type"]
+    return xml_response(render("CompleteMultipartUploadResult", result), headers=headers)  # type: ignore[arg-type]
+
+
+def _object_checksum(upload: Upload, wanted: list[Any], chosen: list[dict[str, Any]]) -> dict[str, str]:
+    """The completed object's checksum from its parts' (COMPOSITE or FULL_OBJECT), if the upload asked for one.
+
+    A part checksum listed in the Complete request must be the one the part was stored with.
+    """
+    choice = upload.meta.get("checksum")
+    for w, p in zip(wanted, chosen):
+        for algorithm, value in w.checksums.items():
+            if value and (p.get("checksum", {}).get("algorithm") != algorithm or p["checksum"]["value"] != value):
+                raise S3Error("InvalidPart", extra={"UploadId": upload.upload_id, "PartNumber": p["number"],
+                                                    "ETag": w.etag})
+    if not choice or any("checksum" not in p for p in chosen):
+        return {}
+    algorithm = choice["algorithm"]
+    if choice["type"] == "FULL_OBJECT":
+        value = checksums.full_object_crc(algorithm, [(p["checksum"]["value"], p["size"]) for p in chosen])
+    else:
+        value = checksums.composite_checksum(algorithm, [p["checksum"]["value"] for p in chosen])
+    return {"algorithm": algorithm.upper(), "value": value, "type": choice["type"]}
 
 
 async def abort_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:

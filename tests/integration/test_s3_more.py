@@ -210,6 +210,43 @@ def test_checksum_mode_returns_the_crc32_sent(s3, bucket: str) -> None:  # type:
     assert "ChecksumCRC32" not in s3.get_object(Bucket=bucket, Key="c", Range="bytes=0-9", ChecksumMode="ENABLED")
 
 
+def test_multipart_checksums(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """CreateMultipartUpload with a checksum algorithm: parts are checksummed, the object gets S3's
+    COMPOSITE (CRC32) or FULL_OBJECT (CRC64NVME) checksum, and a Complete naming another part checksum fails."""
+    from awscrt import checksums as crt
+
+    parts = [os.urandom(5 * 1024 * 1024), os.urandom(1024 * 1024 + 3)]
+    crc32s = [zlib.crc32(p).to_bytes(4, "big") for p in parts]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="c32", ChecksumAlgorithm="CRC32")["UploadId"]
+    done = []
+    for n, p in enumerate(parts, 1):
+        got = s3.upload_part(Bucket=bucket, Key="c32", UploadId=uid, PartNumber=n, Body=p, ChecksumAlgorithm="CRC32")
+        assert got["ChecksumCRC32"] == base64.b64encode(crc32s[n - 1]).decode()
+        done.append({"PartNumber": n, "ETag": got["ETag"], "ChecksumCRC32": got["ChecksumCRC32"]})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.upload_part(Bucket=bucket, Key="c32", UploadId=uid, PartNumber=3, Body=b"x", ChecksumAlgorithm="SHA256")
+    assert _code(e.value) == "InvalidRequest"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.complete_multipart_upload(Bucket=bucket, Key="c32", UploadId=uid, MultipartUpload={"Parts": [
+            done[0], {**done[1], "ChecksumCRC32": "AAAAAA=="}]})
+    assert _code(e.value) == "InvalidPart"
+    out = s3.complete_multipart_upload(Bucket=bucket, Key="c32", UploadId=uid, MultipartUpload={"Parts": done})
+    composite = base64.b64encode(zlib.crc32(b"".join(crc32s)).to_bytes(4, "big")).decode() + "-2"
+    assert out["ChecksumCRC32"] == composite and out["ChecksumType"] == "COMPOSITE"
+    head = s3.head_object(Bucket=bucket, Key="c32", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == composite and head["ChecksumType"] == "COMPOSITE"
+
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="c64", ChecksumAlgorithm="CRC64NVME")["UploadId"]
+    etags = [s3.upload_part(Bucket=bucket, Key="c64", UploadId=uid, PartNumber=n, Body=p,
+                            ChecksumAlgorithm="CRC64NVME")["ETag"] for n, p in enumerate(parts, 1)]
+    s3.complete_multipart_upload(Bucket=bucket, Key="c64", UploadId=uid, MultipartUpload={"Parts": [
+        {"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]})
+    whole = base64.b64encode(crt.crc64nvme(b"".join(parts)).to_bytes(8, "big")).decode()
+    got = s3.get_object(Bucket=bucket, Key="c64", ChecksumMode="ENABLED")
+    assert got["ChecksumCRC64NVME"] == whole and got["ChecksumType"] == "FULL_OBJECT"
+    assert got["Body"].read() == b"".join(parts)
+
+
 def test_wrong_checksums_are_refused(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
     wrong_md5 = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
     with pytest.raises(botocore.exceptions.ClientError) as e:
