@@ -153,6 +153,25 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def reap_if_exiting(self, timeout: float = 5.0) -> None:
+        """Wait for a child that was killed but is not reapable yet.
+
+        A multi-threaded process shows as a zombie as soon as its main thread is gone, but waitpid
+        reports it (and its sockets close) only once every thread has exited.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                exiting = f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+        except (OSError, IndexError):
+            exiting = False
+        if exiting:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+
 
 def _tail(path: Path, lines: int = 8) -> str:
     try:
@@ -307,7 +326,13 @@ class Supervisor:
                     self.console.print(f"[red]{child.name} (pid {child.proc.pid}) died: {how}[/red]; log: {child.log}")
             if self.restart_requested:
                 self.restart_requested = False
+                for child in self.children:
+                    child.reap_if_exiting()
                 dead = [c for c in self.children if not c.running]
+                if not dead:
+                    self.console.print("SIGHUP: every child is running, nothing to restart")
+                if not dead:
+                    self.console.print("SIGHUP: every child is running, nothing to restart")
                 for child in dead:
                     self.console.print(f"restarting {child.name}")
                     self.spawn(child)

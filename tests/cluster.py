@@ -34,7 +34,11 @@ class ClusterError(RuntimeError):
 
 
 def pid_gone(pid: int) -> bool:
-    """True if no process has this pid, or only a zombie waiting for its parent to reap it."""
+    """True if no process has this pid, or only a zombie whose every thread has exited (its sockets are closed).
+
+    The main thread of a multi-threaded process turns zombie first; its parent can reap it, and its
+    listening sockets close, only once the other threads are gone too.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -44,7 +48,9 @@ def pid_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             # the state letter follows the parenthesised command name, which may itself contain spaces
-            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+            if f.read().rpartition(")")[2].split()[0] not in ("Z", "X"):
+                return False
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return True
 
