@@ -9,7 +9,12 @@ from aiohttp import web
 
 from gateway.errors import S3Error
 from gateway.server import Gateway, S3Request
-from gateway.xmlio import parse_create_bucket, parse_versioning_configuration, render
+from gateway.xmlio import (
+    parse_access_control_policy,
+    parse_create_bucket,
+    parse_versioning_configuration,
+    render,
+)
 
 UNSUPPORTED_BUCKET_SUBRESOURCES = (
     "policy", "cors", "lifecycle", "tagging", "encryption", "object-lock", "website", "logging",
@@ -113,13 +118,21 @@ CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-rea
                "bucket-owner-read", "bucket-owner-full-control", "log-delivery-write")
 
 
-def check_private_acl(req: S3Request) -> None:
-    """Only the private canned ACL is kept: an unknown one is InvalidArgument, another known one NotImplemented."""
+def check_private_acl(req: S3Request, body: bytes, owner: str) -> None:
+    """Only the private ACL is kept: the owner's FULL_CONTROL alone, as a canned ACL or a policy document.
+
+    An unknown canned ACL is InvalidArgument; any other grant, by header or in the body, is NotImplemented
+    rather than accepted and silently not applied.
+    """
     acl = req.headers.get("x-amz-acl", "private")
     if acl not in CANNED_ACLS:
         raise S3Error("InvalidArgument", extra={"ArgumentName": "x-amz-acl", "ArgumentValue": acl})
-    if acl != "private":
+    grant_headers = [h for h in req.headers if h.lower().startswith("x-amz-grant-")]
+    if acl != "private" or grant_headers:
         raise S3Error("NotImplemented", "only the private canned ACL is supported")
+    if body.strip() and any(g.grantee != owner or g.permission != "FULL_CONTROL"
+                            for g in parse_access_control_policy(body)):
+        raise S3Error("NotImplemented", "only the owner's FULL_CONTROL grant is supported")
 
 
 def acl_xml(gw: Gateway, owner: str) -> bytes:
@@ -138,9 +151,8 @@ async def get_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 
 async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    await gw.buckets.get(req.bucket, req.user.access_key)
-    await req.payload.read()
-    check_private_acl(req)
+    bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    check_private_acl(req, await req.payload.read(), bucket.owner)
     return web.Response(status=200)
 
 

@@ -355,8 +355,7 @@ async def get_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def put_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     await _current(gw, bucket, req.key, req.query.get("versionId"))
-    await req.payload.read()
-    check_private_acl(req)
+    check_private_acl(req, await req.payload.read(), bucket.owner)
     return web.Response(status=200)
 
 

@@ -233,3 +233,28 @@ def parse_versioning_configuration(body: bytes) -> VersioningConfiguration:
     if mfa is not None and mfa.strip() not in ("Enabled", "Disabled"):
         raise S3Error("MalformedXML")
     return VersioningConfiguration(status.strip() if status else None, mfa.strip() if mfa else None)
+
+
+@dataclass
+class Grant:
+    """One <Grant> of a PutBucketAcl/PutObjectAcl AccessControlPolicy body."""
+
+    grantee: str  # the grantee's ID, group URI or e-mail address
+    permission: str
+
+
+def parse_access_control_policy(body: bytes) -> list[Grant]:
+    """The grants of an AccessControlPolicy document."""
+    root = parse_xml(body, "AccessControlPolicy")
+    lists = _children(root, "AccessControlList")
+    if len(lists) > 1:
+        raise S3Error("MalformedXML")
+    grants = []
+    for elem in _children(lists[0], "Grant") if lists else []:
+        grantees = _children(elem, "Grantee")
+        permission = _child_text(elem, "Permission")
+        if len(grantees) != 1 or permission is None:
+            raise S3Error("MalformedXML")
+        who = next((t for t in (_child_text(grantees[0], n) for n in ("ID", "URI", "EmailAddress")) if t), "")
+        grants.append(Grant(who.strip(), permission.strip()))
+    return grants

@@ -289,6 +289,26 @@ def test_unknown_operations_are_not_implemented(s3, cluster: DevCluster, bucket:
     assert status in (405, 501)
 
 
+def test_only_private_acls_are_accepted(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """A grant the gateway cannot honour is refused, never accepted and silently dropped."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    policy = s3.get_object_acl(Bucket=bucket, Key="k")
+    policy.pop("ResponseMetadata")
+    s3.put_object_acl(Bucket=bucket, Key="k", AccessControlPolicy=policy)  # the owner's FULL_CONTROL: as it is
+    s3.put_object_acl(Bucket=bucket, Key="k", ACL="private")
+    s3.put_bucket_acl(Bucket=bucket, ACL="private")
+    public = {**policy, "Grants": policy["Grants"] + [
+        {"Grantee": {"Type": "Group", "URI": "http://acs.amazonaws.com/groups/global/AllUsers"}, "Permission": "READ"}]}
+    for call in (lambda: s3.put_object_acl(Bucket=bucket, Key="k", AccessControlPolicy=public),
+                 lambda: s3.put_bucket_acl(Bucket=bucket, AccessControlPolicy=public),
+                 lambda: s3.put_object_acl(Bucket=bucket, Key="k", ACL="public-read"),
+                 lambda: s3.put_bucket_acl(Bucket=bucket, GrantRead="uri=http://acs.amazonaws.com/groups/global/AllUsers")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert _code(e.value) == "NotImplemented"
+    assert [g["Permission"] for g in s3.get_object_acl(Bucket=bucket, Key="k")["Grants"]] == ["FULL_CONTROL"]
+
+
 def test_unset_bucket_configurations(s3, alt, bucket: str) -> None:  # type: ignore[no-untyped-def]
     """Tools read every bucket configuration; those that cannot be set read as S3's "there is none"."""
     for call, code in ((s3.get_bucket_policy, "NoSuchBucketPolicy"), (s3.get_bucket_cors, "NoSuchCORSConfiguration"),
