@@ -324,13 +324,15 @@ def start_dev_cluster(
     block_size: int | None = None,
     node_settings: dict[str, Any] | None = None,
     data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
     timeout: float = START_TIMEOUT,
     attempts: int = 3,
 ) -> DevCluster:
     """Run `objstore dev` in `workdir` on free loopback ports and wait for its cluster.json.
 
     With `data_dir` of an earlier cluster, the cluster restarts on that dir with its ports, map and
-    credentials (only `down_after`, `fsync` and `node_settings` are passed again).
+    credentials (only `down_after`, `fsync` and `node_settings` are passed again). `env` adds environment
+    variables for `objstore dev` and its children.
     """
     data_dir = data_dir or workdir / "data"
     reuse = (data_dir / "map.json").exists()
@@ -353,7 +355,7 @@ def start_dev_cluster(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**child_env(), "COLUMNS": "160"},
+                env={**child_env(), "COLUMNS": "160", **(env or {})},
                 preexec_fn=die_with_parent(),
                 cwd=workdir,
             )

@@ -182,3 +182,16 @@ def test_contradicting_flag_fails_before_any_child_starts(tmp_path: Path) -> Non
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "nodes 3, but --nodes 4 was given" in result.stderr
+
+
+def test_without_a_gateway_the_nodes_still_start(dev_cluster_factory: DevClusterFactory, tmp_path: Path) -> None:
+    """A gateway package that cannot be imported (shadowed here by a broken one) leaves a nodes-only cluster."""
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "__init__.py").write_text('raise ImportError("gateway disabled by the test")\n')
+    cluster = dev_cluster_factory(**SMALL, env={"PYTHONPATH": str(tmp_path)})
+    assert cluster.gateway is None
+    assert "gateway disabled by the test" in cluster.info["gateway_missing"]
+    assert "No S3 gateway" in cluster.log_tail()
+    assert all(probe_node(n.address, cluster.secret) for n in cluster.nodes)
+    with pytest.raises(pytest.skip.Exception, match="without an S3 gateway"):
+        cluster.s3()

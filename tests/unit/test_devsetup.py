@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from objstore.cli import cli
 from objstore.cluster import ClusterMap
 from objstore.config import ConfigError, load_gateway_config, load_node_config
-from objstore.devcluster import child_env
+from objstore.devcluster import child_env, module_runnable
 from objstore.devsetup import DevError, DevOptions, parse_node_setting, prepare, to_toml
 from tests.cluster import pid_gone
 
@@ -161,3 +161,11 @@ def test_credentials_file_is_json_with_both_keys(tmp_path: Path) -> None:
     prepare(DevOptions(data=tmp_path))
     creds = json.loads((tmp_path / "credentials.json").read_text())
     assert set(creds) == {"access_key", "secret_key"} and len(creds["secret_key"]) >= 40
+
+
+def test_module_runnable_names_what_is_missing() -> None:
+    assert module_runnable("node") is None
+    assert module_runnable("objstore_no_such_package") == (
+        "objstore_no_such_package.server cannot be imported: No module named 'objstore_no_such_package'"
+    )
+    assert module_runnable("json") == "json.server is not installed"
