@@ -62,6 +62,7 @@ async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 
 async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    check_private_acl(req)
     body = await req.payload.read()
     location = parse_create_bucket(body) if body.strip() else None
     if location and location != gw.cfg.region:
@@ -118,17 +119,22 @@ CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-rea
                "bucket-owner-read", "bucket-owner-full-control", "log-delivery-write")
 
 
-def check_private_acl(req: S3Request, body: bytes, owner: str) -> None:
+OWNER_ONLY_ACLS = ("private", "bucket-owner-full-control", "bucket-owner-read")
+"""Canned ACLs that grant nothing beyond the owner (object and bucket owner are one user here)."""
+
+
+def check_private_acl(req: S3Request, body: bytes = b"", owner: str = "") -> None:
     """Only the private ACL is kept: the owner's FULL_CONTROL alone, as a canned ACL or a policy document.
 
-    An unknown canned ACL is InvalidArgument; any other grant, by header or in the body, is NotImplemented
+    Checked wherever a client may set an ACL (PUT, copy, multipart create, bucket create, ?acl). An
+    unknown canned ACL is InvalidArgument; any other grant, by header or in the body, is NotImplemented
     rather than accepted and silently not applied.
     """
     acl = req.headers.get("x-amz-acl", "private")
     if acl not in CANNED_ACLS:
         raise S3Error("InvalidArgument", extra={"ArgumentName": "x-amz-acl", "ArgumentValue": acl})
     grant_headers = [h for h in req.headers if h.lower().startswith("x-amz-grant-")]
-    if acl != "private" or grant_headers:
+    if acl not in OWNER_ONLY_ACLS or grant_headers:
         raise S3Error("NotImplemented", "only the private canned ACL is supported")
     if body.strip() and any(g.grantee != owner or g.permission != "FULL_CONTROL"
                             for g in parse_access_control_policy(body)):

@@ -15,7 +15,7 @@ from gateway import checksums, versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
-from gateway.s3buckets import owner_xml, xml_response
+from gateway.s3buckets import check_private_acl, owner_xml, xml_response
 from gateway.s3objects import copy_source
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import parse_complete_multipart_upload, render
@@ -108,6 +108,7 @@ def _checksum_choice(req: S3Request) -> dict[str, str] | None:
 
 async def create_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    check_private_acl(req)
     await req.payload.read()
     meta = meta_from_request(req.headers)
     checksum = _checksum_choice(req)

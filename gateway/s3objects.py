@@ -132,6 +132,7 @@ async def _check_write_conditions(gw: Gateway, bucket: Bucket, req: S3Request) -
 
 async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    check_private_acl(req)
     meta = meta_from_request(req.headers)
     expect_md5 = content_md5(req.headers)
     await _check_write_conditions(gw, bucket, req)
@@ -319,6 +320,7 @@ async def copy_source(gw: Gateway, req: S3Request) -> tuple[Bucket, ObjectVersio
 
 async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
+    check_private_acl(req)
     src_bucket, src = await copy_source(gw, req)
     directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):

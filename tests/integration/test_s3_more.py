@@ -302,11 +302,18 @@ def test_only_private_acls_are_accepted(s3, bucket: str) -> None:  # type: ignor
     for call in (lambda: s3.put_object_acl(Bucket=bucket, Key="k", AccessControlPolicy=public),
                  lambda: s3.put_bucket_acl(Bucket=bucket, AccessControlPolicy=public),
                  lambda: s3.put_object_acl(Bucket=bucket, Key="k", ACL="public-read"),
-                 lambda: s3.put_bucket_acl(Bucket=bucket, GrantRead="uri=http://acs.amazonaws.com/groups/global/AllUsers")):
+                 lambda: s3.put_bucket_acl(Bucket=bucket, GrantRead="uri=http://acs.amazonaws.com/groups/global/AllUsers"),
+                 lambda: s3.put_object(Bucket=bucket, Key="pub", Body=b"x", ACL="public-read"),
+                 lambda: s3.copy_object(Bucket=bucket, Key="pub", CopySource=f"{bucket}/k", ACL="public-read"),
+                 lambda: s3.create_multipart_upload(Bucket=bucket, Key="pub", ACL="authenticated-read"),
+                 lambda: s3.create_bucket(Bucket=f"{bucket}-pub", ACL="public-read-write")):
         with pytest.raises(botocore.exceptions.ClientError) as e:
             call()
         assert _code(e.value) == "NotImplemented"
     assert [g["Permission"] for g in s3.get_object_acl(Bucket=bucket, Key="k")["Grants"]] == ["FULL_CONTROL"]
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.head_object(Bucket=bucket, Key="pub")  # nothing was written by the refused requests
+    s3.put_object(Bucket=bucket, Key="own", Body=b"x", ACL="bucket-owner-full-control")  # grants only the owner
 
 
 def test_unset_bucket_configurations(s3, alt, bucket: str) -> None:  # type: ignore[no-untyped-def]
