@@ -9,9 +9,8 @@ import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from objstore.records import ObjectRecord
-
 from gateway.errors import S3Error
+from objstore.records import ObjectRecord
 
 STORED_HEADERS = ("Content-Encoding", "Content-Disposition", "Content-Language", "Cache-Control", "Expires")
 """Standard headers S3 stores with an object and sends back on GET/HEAD."""
@@ -25,6 +24,12 @@ RESPONSE_OVERRIDES = {
     "response-content-disposition": "Content-Disposition",
     "response-content-encoding": "Content-Encoding",
 }
+
+
+UNSUPPORTED_WRITE_HEADERS = ("x-amz-server-side-encryption", "x-amz-copy-source-server-side-encryption",
+                             "x-amz-object-lock-", "x-amz-tagging", "x-amz-website-redirect-location")
+"""Header prefixes of features objects here do not have: refused on writes, not silently dropped."""
+STORAGE_CLASS = "STANDARD"
 
 
 @dataclass
@@ -51,6 +56,22 @@ def meta_from_request(headers: Mapping[str, str]) -> ObjectMeta:
     return ObjectMeta(headers.get("Content-Type", "binary/octet-stream"), stored, meta)
 
 
+def check_write_headers(headers: Mapping[str, str]) -> None:
+    """Refuse what a PUT, copy or multipart create asks for that would not be honoured (S3's NotImplemented).
+
+    Encryption, object lock, tagging and redirects are absent; the one storage class is STANDARD.
+    """
+    for name in headers:
+        lname = name.lower()
+        if lname == "x-amz-tagging-directive" and headers[name].upper() == "COPY":
+            continue  # copying no tags is what a copy without tags does
+        if lname.startswith(UNSUPPORTED_WRITE_HEADERS):
+            raise S3Error("NotImplemented", f"{lname} is not implemented")
+    storage_class = headers.get("x-amz-storage-class")
+    if storage_class is not None and storage_class != STORAGE_CLASS:
+        raise S3Error("InvalidStorageClass", extra={"StorageClassRequested": storage_class})
+
+
 def http_date(ns: int) -> str:
     """RFC 7231 date of a time in ns, at one-second resolution as S3 sends it."""
     return email.utils.formatdate(ns // 1_000_000_000, usegmt=True)
@@ -58,7 +79,7 @@ def http_date(ns: int) -> str:
 
 def ns_datetime(ns: int) -> dt.datetime:
     """A time in ns as an aware UTC datetime, at millisecond resolution (what S3's XML shows)."""
-    return dt.datetime.fromtimestamp(ns // 1_000_000 / 1000, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ns // 1_000_000 / 1000, dt.UTC)
 
 
 def last_modified(rec: ObjectRecord) -> dt.datetime:
@@ -156,7 +177,7 @@ def _parse_date(value: str | None) -> int | None:
     except (TypeError, ValueError, IndexError):
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp())
 
 

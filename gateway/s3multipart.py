@@ -14,7 +14,13 @@ from aiohttp import web
 from gateway import checksums, versioning
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
-from gateway.headers import content_md5, meta_from_request, ns_datetime, quote_etag
+from gateway.headers import (
+    check_write_headers,
+    content_md5,
+    meta_from_request,
+    ns_datetime,
+    quote_etag,
+)
 from gateway.s3buckets import check_private_acl, owner_xml, xml_response
 from gateway.s3objects import copy_source
 from gateway.server import Gateway, S3Request
@@ -109,6 +115,7 @@ def _checksum_choice(req: S3Request) -> dict[str, str] | None:
 async def create_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     check_private_acl(req)
+    check_write_headers(req.headers)
     await req.payload.read()
     meta = meta_from_request(req.headers)
     checksum = _checksum_choice(req)

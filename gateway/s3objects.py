@@ -15,6 +15,7 @@ from gateway.errors import S3Error
 from gateway.headers import (
     ObjectMeta,
     check_conditions,
+    check_write_headers,
     content_md5,
     last_modified,
     meta_from_request,
@@ -133,6 +134,7 @@ async def _check_write_conditions(gw: Gateway, bucket: Bucket, req: S3Request) -
 async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     check_private_acl(req)
+    check_write_headers(req.headers)
     meta = meta_from_request(req.headers)
     expect_md5 = content_md5(req.headers)
     await _check_write_conditions(gw, bucket, req)
@@ -321,6 +323,7 @@ async def copy_source(gw: Gateway, req: S3Request) -> tuple[Bucket, ObjectVersio
 async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
     check_private_acl(req)
+    check_write_headers(req.headers)
     src_bucket, src = await copy_source(gw, req)
     directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):

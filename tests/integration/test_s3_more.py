@@ -316,6 +316,31 @@ def test_only_private_acls_are_accepted(s3, bucket: str) -> None:  # type: ignor
     s3.put_object(Bucket=bucket, Key="own", Body=b"x", ACL="bucket-owner-full-control")  # grants only the owner
 
 
+def test_unsupported_write_features_are_refused(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Encryption, tags, object lock, redirects, storage classes: refused on write, never silently dropped."""
+    s3.put_object(Bucket=bucket, Key="src", Body=b"x", StorageClass="STANDARD")
+    refused = [
+        (lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", ServerSideEncryption="AES256"), "NotImplemented"),
+        (lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", SSECustomerAlgorithm="AES256",
+                               SSECustomerKey="k" * 32), "NotImplemented"),
+        (lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", Tagging="a=b"), "NotImplemented"),
+        (lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", WebsiteRedirectLocation="/x"), "NotImplemented"),
+        (lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", ObjectLockLegalHoldStatus="ON"), "NotImplemented"),
+        (lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x", StorageClass="GLACIER"), "InvalidStorageClass"),
+        (lambda: s3.copy_object(Bucket=bucket, Key="k", CopySource=f"{bucket}/src", TaggingDirective="REPLACE",
+                                Tagging="a=b"), "NotImplemented"),
+        (lambda: s3.create_multipart_upload(Bucket=bucket, Key="k", ServerSideEncryption="aws:kms"), "NotImplemented"),
+    ]
+    for call, code in refused:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert _code(e.value) == code
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.head_object(Bucket=bucket, Key="k")
+    s3.copy_object(Bucket=bucket, Key="k", CopySource=f"{bucket}/src", TaggingDirective="COPY")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+
+
 def test_unset_bucket_configurations(s3, alt, bucket: str) -> None:  # type: ignore[no-untyped-def]
     """Tools read every bucket configuration; those that cannot be set read as S3's "there is none"."""
     for call, code in ((s3.get_bucket_policy, "NoSuchBucketPolicy"), (s3.get_bucket_cors, "NoSuchCORSConfiguration"),
