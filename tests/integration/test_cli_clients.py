@@ -143,7 +143,13 @@ def test_aws_s3_cp_ls_rm_and_multipart(clients: Clients, big_file: Path, tmp_pat
     with urllib.request.urlopen(url, timeout=CLIENT_TIMEOUT) as resp:
         assert hashlib.sha256(resp.read()).hexdigest() == sha256_file(big_file)
 
-    clients.aws("s3", "rm", "s3://cli-aws/dir/big file.bin")
+    # a server-side move of a big object: multipart UploadPartCopy with ranges, then a delete
+    clients.aws("s3", "mv", "s3://cli-aws/dir/big file.bin", "s3://cli-aws/moved.bin", "--no-progress")
+    assert clients.aws("s3", "ls", "--recursive", "s3://cli-aws/").split()[-1] == "moved.bin"
+    clients.aws("s3", "cp", "s3://cli-aws/moved.bin", str(back), "--no-progress")
+    assert sha256_file(back) == sha256_file(big_file)
+
+    clients.aws("s3", "rm", "s3://cli-aws/moved.bin")
     assert clients.aws("s3", "ls", "--recursive", "s3://cli-aws/").strip() == ""
     clients.aws("s3", "rb", "s3://cli-aws")
     assert "cli-aws" not in clients.aws("s3", "ls").split()
@@ -216,6 +222,12 @@ def test_rclone(clients: Clients, big_file: Path, tmp_path: Path) -> None:
     assert tree_digest(dst) == tree_digest(src)
     clients.rclone("copyto", "obj:cli-rclone/big.bin", str(tmp_path / "big.bin"))
     assert sha256_file(tmp_path / "big.bin") == sha256_file(big_file)
+    middle = subprocess.run([tool("rclone"), "cat", "--offset", str(BIG // 2), "--count", "1000",
+                             "obj:cli-rclone/big.bin"], env=clients.env, capture_output=True,
+                            timeout=CLIENT_TIMEOUT, check=True).stdout  # bytes, not text: a ranged GET
+    with open(big_file, "rb") as f:
+        f.seek(BIG // 2)
+        assert middle == f.read(1000)
 
     # sync deletes on the remote what is gone locally
     (src / "\u00fcn\u00ef" / "q?mark&amp=x.txt").unlink()
