@@ -59,7 +59,10 @@ async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.",
                           headers={"x-amz-delete-marker": "true",
                                    "x-amz-version-id": versioning.shown(bucket, obj.record.version) or "null"})
-        raise S3Error("NoSuchKey", extra={"Key": key}, headers={"x-amz-delete-marker": "true"})
+        headers = {"x-amz-delete-marker": "true"}
+        if (shown := versioning.shown(bucket, obj.record.version)) is not None:
+            headers["x-amz-version-id"] = shown  # S3 names the delete marker that hides the key
+        raise S3Error("NoSuchKey", extra={"Key": key}, headers=headers)
     return obj
 
 

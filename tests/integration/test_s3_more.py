@@ -452,6 +452,10 @@ def test_list_object_versions_pagination(s3, bucket: str) -> None:  # type: igno
         expected += [(key, v) for v in reversed(ids)]  # newest first within a key
     marker = s3.delete_object(Bucket=bucket, Key="k2")["VersionId"]
     expected.insert(3, ("k2", marker))
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="k2")
+    headers = e.value.response["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["x-amz-delete-marker"] == "true" and headers["x-amz-version-id"] == marker
     seen: list[tuple[str, str]] = []
     kw: dict[str, str] = {}
     for _ in range(30):
