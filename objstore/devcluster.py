@@ -40,6 +40,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from objstore.auth import sign
 from objstore.cluster import DEFAULT_BLOCK_SIZE, write_file_atomic
 from objstore.config import ConfigError
 from objstore.devsetup import (
@@ -105,8 +106,6 @@ def _get(host: str, port: int, path: str, headers: dict[str, str], timeout: floa
 
 def probe_node(address: str, secret: str, timeout: float = 1.0) -> bool:
     """True if the node at host:port answers a signed GET /health with 200."""
-    from objstore.auth import sign
-
     host, _, port = address.rpartition(":")
     try:
         return _get(host, int(port), "/health", dict(sign(secret, "GET", "/health")), timeout) == 200
