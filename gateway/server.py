@@ -73,6 +73,7 @@ class S3Request:
 
 Handler = Callable[[Gateway, S3Request], Awaitable[web.StreamResponse]]
 GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 def split_path(raw_path: str) -> tuple[str, str]:
@@ -135,7 +136,7 @@ def select_handler(method: str, bucket: str, key: str, q: MultiDictProxy[str],
 async def s3_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                         ) -> web.StreamResponse:
     request_id = secrets.token_hex(8).upper()
-    request["request_id"] = request_id
+    request[REQUEST_ID_KEY] = request_id
     REQUEST_ID.set(request_id)  # NodeClient sends it to the nodes; log lines of this request carry it
     resource = request.path
     try:
@@ -170,7 +171,7 @@ async def handle_s3(request: web.Request) -> web.StreamResponse:
     handler = select_handler(request.method, bucket, key, request.query, request.headers)
     request[metrics.OPERATION] = handler.__name__
     result = gw.auth.authenticate(request)
-    s3req = S3Request(request, bucket, key, request.query, result.user, result.payload, request["request_id"])
+    s3req = S3Request(request, bucket, key, request.query, result.user, result.payload, request[REQUEST_ID_KEY])
     if len(key.encode("utf-8", "surrogatepass")) > 1024:
         raise S3Error("KeyTooLongError")
     return await handler(gw, s3req)
