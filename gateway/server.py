@@ -83,6 +83,27 @@ def split_path(raw_path: str) -> tuple[str, str]:
     return unquote(bucket), unquote(key)
 
 
+def bucket_from_host(host: str, domains: list[str]) -> str | None:
+    """The bucket a virtual-hosted-style Host names (<bucket>.<domain>[:port]), or None for path style."""
+    name = host.strip().lower()
+    if not name.startswith("["):  # an IPv6 literal never names a bucket
+        name = name.rsplit(":", 1)[0]
+    name = name.rstrip(".")
+    for domain in domains:
+        domain = domain.strip().lower().rstrip(".")
+        if domain and name.endswith("." + domain) and len(name) > len(domain) + 1:
+            return name[: -len(domain) - 1]
+    return None
+
+
+def split_request(raw_path: str, host: str | None, domains: list[str]) -> tuple[str, str]:
+    """Bucket and key of a request, virtual-hosted style if its Host is under one of `domains`, else path style."""
+    bucket = bucket_from_host(host, domains) if host else None
+    if bucket is None:
+        return split_path(raw_path)
+    return bucket, unquote(raw_path.split("?", 1)[0][1:])  # the whole path (less its first '/') is the key
+
+
 def select_handler(method: str, bucket: str, key: str, q: MultiDictProxy[str],
                    headers: object) -> Handler:
     """Which S3 operation a request is, by method, path shape and sub-resource."""
@@ -167,7 +188,7 @@ async def s3_middleware(request: web.Request, handler: Callable[[web.Request], A
 
 async def handle_s3(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    bucket, key = split_path(request.raw_path)
+    bucket, key = split_request(request.raw_path, request.headers.get("Host"), gw.cfg.domains)
     handler = select_handler(request.method, bucket, key, request.query, request.headers)
     request[metrics.OPERATION] = handler.__name__
     result = gw.auth.authenticate(request)
@@ -187,7 +208,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         return None
     gw = request.app[GATEWAY]
     try:
-        bucket, key = split_path(request.raw_path)
+        bucket, key = split_request(request.raw_path, request.headers.get("Host"), gw.cfg.domains)
         select_handler(request.method, bucket, key, request.query, request.headers)
         gw.auth.authenticate(request)
     except S3Error as e:

@@ -58,6 +58,8 @@ class GatewayConfig:
     users: list[User] = field(default_factory=list)  # S3 users (env OBJSTORE_ACCESS_KEY/OBJSTORE_SECRET_KEY adds one admin)
     node_timeout: float = 10.0  # seconds before a node request counts as failed
     log_level: str = "info"  # debug, info, warning or error
+    # DNS names that address buckets virtual-hosted style (Host: <bucket>.<domain>); *.localhost resolves to loopback
+    domains: list[str] = field(default_factory=lambda: ["localhost"])
 
 
 def _coerce(cls: type, raw: dict[str, Any], where: str) -> Any:

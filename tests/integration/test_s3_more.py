@@ -194,6 +194,21 @@ def test_expect_100_continue_refuses_before_the_body(cluster: DevCluster, bucket
     assert status == 200
 
 
+def test_virtual_hosted_style(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Host: <bucket>.localhost addresses the bucket (the default domain), the whole path being the key."""
+    port = urlsplit(cluster.endpoint).port
+    vhost = {"Host": f"{bucket}.localhost:{port}"}
+    status, _, _ = raw(cluster, "PUT", "/dir/v%20key", body=b"virtual", headers=vhost)
+    assert status == 200
+    assert s3.get_object(Bucket=bucket, Key="dir/v key")["Body"].read() == b"virtual"
+    status, _, body = raw(cluster, "GET", "/dir/v%20key", headers=vhost)
+    assert status == 200 and body == b"virtual"
+    status, _, body = raw(cluster, "GET", "/", "list-type=2", headers=vhost)
+    assert status == 200 and f"<Name>{bucket}</Name>".encode() in body and b"<Key>dir/v key</Key>" in body
+    status, _, body = raw(cluster, "GET", "/dir/v%20key", headers={"Host": f"no-such-bucket-v.localhost:{port}"})
+    assert status == 404 and b"<Code>NoSuchBucket</Code>" in body
+
+
 # ---------------------------------------------------------------- integrity
 
 
