@@ -1,0 +1,168 @@
+"""Side-by-side phase of the report: the same cells on every store in turn, and the bytes each one puts on disk."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmarks.loadcell import KeySpace
+from benchmarks.loadgen import format_size, preflight, warm_up
+from benchmarks.report_systems import (
+    Reporter,
+    System,
+    cdf_points,
+    delete_all,
+    disk_bytes,
+    fill,
+    measure,
+    new_session,
+)
+from benchmarks.s3load import PayloadStream
+
+__all__ = ["ComparePlan", "medians", "run_compare"]
+
+SMALL = 4096
+PREFIX = "report/"
+
+
+@dataclass
+class ComparePlan:
+    """Which cells the side-by-side phase runs and how each is bounded (the first bound reached ends a cell)."""
+
+    sizes: list[int]
+    concurrency: list[int]
+    big_concurrency: list[int]  # for sizes of 64 MiB and more: 32 of them in flight would be 8 GiB per store
+    small_workloads: list[str] = field(default_factory=lambda: ["put", "get", "head", "list", "delete", "mixed"])
+    seconds: float = 5.0
+    max_ops: int = 20_000
+    max_bytes: int = 2 << 30
+    rounds: int = 1  # repeats of the headline cells: PUT and GET at `headline_concurrency`, sizes up to 1 MiB
+    headline_concurrency: int = 8
+    overhead_objects: dict[int, int] = field(default_factory=lambda: {1 << 20: 128, SMALL: 512})
+
+    def workloads(self, size: int) -> list[str]:
+        return self.small_workloads if size == SMALL else ["put", "get"]
+
+    def cells(self, size: int) -> list[tuple[str, int, int]]:
+        """(workload, concurrency, round) in the order they run for `size`."""
+        sweep = self.concurrency if size < (64 << 20) else self.big_concurrency
+        out: list[tuple[str, int, int]] = []
+        for workload in self.workloads(size):
+            for concurrency in sweep:
+                headline = workload in ("put", "get") and concurrency == self.headline_concurrency and size <= 1 << 20
+                out.extend((workload, concurrency, r) for r in range(self.rounds if headline else 1))
+        return out
+
+    @staticmethod
+    def working_set(size: int) -> int:
+        """Keys that GET/HEAD/LIST/DELETE/mixed work on: 1000 small ones, about 256 MiB of 1 MiB, a few big ones."""
+        if size <= SMALL:
+            return 1000
+        if size <= 1 << 20:
+            return 256
+        return max(2, min(8, (512 << 20) // size))
+
+    def step_count(self, systems: int) -> int:
+        return systems * (sum(len(self.cells(size)) for size in self.sizes) + 1)
+
+
+async def measure_overhead(systems: Sequence[System], payloads: PayloadStream, plan: ComparePlan,
+                           reporter: Reporter) -> list[dict[str, Any]]:
+    """Write a fresh set of objects per size into each store and divide the bytes its data dirs grew by
+    (allocated blocks and apparent sizes, after a sync) by the object bytes written."""
+    out: list[dict[str, Any]] = []
+    for system in systems:
+        for size, count in sorted(plan.overhead_objects.items()):
+            await payloads.ensure(size)
+            keys = KeySpace(f"overhead/{system.name}/", size)
+            async with new_session() as session:
+                client = system.client(session, payloads)
+                await fill(client, keys, 1, concurrency=1)  # a store's first write may create volumes, files
+                os.sync()
+                before = disk_bytes(system.disk_root)
+                failed = await fill(client, keys, count + 1, concurrency=8)
+            os.sync()
+            after = disk_bytes(system.disk_root)
+            logical = (len(keys) - 1) * size
+            out.append({"system": system.name, "size": size, "objects": len(keys) - 1, "failed": failed,
+                        "logical_bytes": logical, "apparent_bytes": after[0] - before[0],
+                        "allocated_bytes": after[1] - before[1],
+                        "apparent_ratio": round((after[0] - before[0]) / logical, 3) if logical else None,
+                        "allocated_ratio": round((after[1] - before[1]) / logical, 3) if logical else None})
+            reporter.log(f"{system.name}: {count} x {format_size(size)} take "
+                         f"{out[-1]['allocated_ratio']}x their size on disk (allocated)")
+        reporter.step(f"storage overhead: {system.name}")
+    return out
+
+
+async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: PayloadStream, reporter: Reporter,
+                      seed: int = 1) -> dict[str, Any]:
+    """Every cell of `plan` on every system, the order of the systems rotated from one cell to the next so
+    that no store always runs first (or right after the same neighbour) while the machine's noise drifts."""
+    reporter.phase("side by side", plan.step_count(len(systems)))
+    for system in systems:
+        async with new_session() as session:
+            await preflight(system.client(session, payloads), PREFIX)
+    overhead = await measure_overhead(systems, payloads, plan, reporter)
+    rows: list[dict[str, Any]] = []
+    turn = 0
+    for size in plan.sizes:
+        await payloads.ensure(size)
+        spaces = {s.name: KeySpace(PREFIX, size) for s in systems}
+        for system in systems:
+            async with new_session() as session:
+                await warm_up(system.client(session, payloads), f"{PREFIX}warm-up/{size}", size)
+        for workload, concurrency, round_ in plan.cells(size):
+            order = [systems[(turn + i) % len(systems)] for i in range(len(systems))]
+            turn += 1
+            for position, system in enumerate(order):
+                keys = spaces[system.name]
+                refill_failed = 0
+                if workload != "put":
+                    async with new_session() as session:
+                        refill_failed = await fill(system.client(session, payloads), keys, plan.working_set(size))
+                max_ops = plan.max_ops
+                if workload in ("put", "get", "mixed"):
+                    max_ops = min(max_ops, max(1, plan.max_bytes // size))
+                result, samples = await measure(system, payloads, keys, workload, concurrency, max_ops=max_ops,
+                                                max_seconds=plan.seconds, seed=seed + turn)
+                every = [lat for lats in samples.values() for lat in lats]
+                rows.append({"system": system.name, "workload": workload, "size": size, "concurrency": concurrency,
+                             "round": round_, "position": position, "refill_failed": refill_failed,
+                             "result": result.to_json(), "cdf_ms": cdf_points(every)})
+                reporter.step(f"{workload} {format_size(size)} x{concurrency} on {system.name}: "
+                              f"{result.ops_per_s:,.0f} ops/s, {result.mb_per_s:,.1f} MB/s")
+                if result.errors:
+                    reporter.log(f"[red]{system.name} {workload} {format_size(size)} x{concurrency}: "
+                                 f"{result.errors} errors[/red] {result.errors_by_kind} {result.first_error[:200]}")
+        for system in systems:
+            async with new_session() as session:
+                await delete_all(system.client(session, payloads), spaces[system.name])
+    return {"plan": asdict(plan) | {"overhead_objects": {str(k): v for k, v in plan.overhead_objects.items()}},
+            "systems": [s.name for s in systems], "overhead": overhead, "cells": rows}
+
+
+def medians(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, float]]:
+    """(system, workload, size, concurrency) -> medians over rounds of ops/s, MB/s, p50, p99 and the errors summed."""
+    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["system"], row["workload"], row["size"], row["concurrency"])].append(row["result"])
+    out: dict[tuple[str, str, int, int], dict[str, float]] = {}
+    for key, results in groups.items():
+        out[key] = {
+            "ops_per_s": statistics.median(r["ops_per_s"] for r in results),
+            "mb_per_s": statistics.median(r["mb_per_s"] for r in results),
+            "p50": statistics.median(r["latency_ms"]["p50"] for r in results),
+            "p99": statistics.median(r["latency_ms"]["p99"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+            "ops": sum(r["ops"] for r in results),
+            "rounds": len(results),
+            "server_cpu_s_per_op": statistics.median(
+                (r["server"].get("cpu_seconds") or 0.0) / r["ops"] if r["ops"] else 0.0 for r in results),
+            "peak_rss": max(r["server"].get("peak_rss_bytes") or 0 for r in results),
+        }
+    return out
