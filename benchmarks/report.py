@@ -32,7 +32,14 @@ from rich.console import Console
 
 from benchmarks.loadgen import _runner
 from benchmarks.peers import PeerError, SeaweedFS, find_weed
-from benchmarks.report_chaos import DOWN_AFTER, REPAIR_SETTINGS, ChaosPlan, RepairPlan, run_chaos, run_repair
+from benchmarks.report_chaos import (
+    DOWN_AFTER,
+    REPAIR_SETTINGS,
+    ChaosPlan,
+    RepairPlan,
+    run_chaos,
+    run_repair,
+)
 from benchmarks.report_charts import draw_all
 from benchmarks.report_compare import ComparePlan, run_compare
 from benchmarks.report_md import write_markdown
@@ -75,7 +82,7 @@ def _filesystem(path: Path) -> dict[str, Any]:
 
 def _run(argv: list[str]) -> str:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=ROOT).stdout.strip()
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=ROOT, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -113,7 +120,7 @@ def plans(quick: bool) -> dict[str, Any]:
         return {
             "compare": ComparePlan(sizes=[4096, 1 << 20, 64 << 20], concurrency=[1, 8, 32], big_concurrency=[1, 4],
                                    seconds=2.0, max_ops=5_000, max_bytes=1 << 30, rounds=1),
-            "scale": ScalePlan(checkpoints=[10_000], batch=2000, seconds=3.0, budget_s=300.0),
+            "scale": ScalePlan(checkpoints=[1_000, 10_000], batch=2000, seconds=3.0, budget_s=300.0),
             "repair": RepairPlan(gib=0.125, object_mib=16, client_objects=64, baseline_s=5.0, after_s=3.0,
                                  timeout_s=300.0),
             "chaos": ChaosPlan(seconds=18.0, period=6.0, down=3.0, objects=100),
@@ -123,7 +130,7 @@ def plans(quick: bool) -> dict[str, Any]:
     return {
         "compare": ComparePlan(sizes=[4096, 1 << 20, 64 << 20, 256 << 20], concurrency=[1, 8, 32],
                                big_concurrency=[1, 8], seconds=5.0, max_ops=20_000, max_bytes=2 << 30, rounds=3),
-        "scale": ScalePlan(checkpoints=[10_000, 100_000], batch=2500, seconds=5.0, budget_s=780.0),
+        "scale": ScalePlan(checkpoints=[1_000, 10_000, 100_000], batch=2500, seconds=5.0, budget_s=780.0),
         "repair": RepairPlan(gib=1.0, object_mib=64, client_objects=128, baseline_s=15.0, after_s=5.0,
                              timeout_s=900.0),
         "chaos": ChaosPlan(seconds=60.0, period=10.0, down=4.0, objects=200),
@@ -133,7 +140,7 @@ def plans(quick: bool) -> dict[str, Any]:
 
 def _save(out: Path, data: dict[str, Any]) -> None:
     tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(data, separators=(",", ":"), default=str))  # compact: `python -m json.tool` reads it
     tmp.replace(out / "report.json")
 
 
@@ -228,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    console = Console(log_path=False)
     if args.redraw:
         data = json.loads((args.redraw / "report.json").read_text())
         data["charts"] = draw_all(data, args.redraw)

@@ -143,7 +143,8 @@ async def run_repair(system: System, plan: RepairPlan, payloads: PayloadStream, 
         while len(big) < count and failed < count:
             before = len(big)
             failed += await fill(client, big, min(count, len(big) + 2), concurrency=2)
-            reporter.step(f"writing {count} x {plan.object_mib} MiB", advance=len(big) - before)
+            reporter.step(f"writing {count} x {plan.object_mib} MiB", advance=len(big) - before,
+                          quiet=True)
         write_s = time.monotonic() - began
         failed += await fill(client, client_keys, plan.client_objects)
     load = WindowLoad(system, payloads, client_keys, "mixed", plan.client_concurrency, mix={"get": 80.0, "put": 20.0})
@@ -152,6 +153,8 @@ async def run_repair(system: System, plan: RepairPlan, payloads: PayloadStream, 
     try:
         await asyncio.sleep(plan.baseline_s)
         tracked = big.all() + client_keys.all()
+        # one poll before the wipe: the timeline starts from what was measured, every object at full width
+        _, baseline = await wait_redundant(system, system.target.bucket, tracked, 0.0, t0)
         wiped_at = time.monotonic() - t0
         held = await wipe_node(system, plan.victim)
         restarted_at = time.monotonic() - t0
@@ -179,7 +182,7 @@ async def run_repair(system: System, plan: RepairPlan, payloads: PayloadStream, 
         "repaired_at_s": round(repaired_at, 2) if took is not None else None,
         "time_to_full_redundancy_s": round(repaired_at - wiped_at, 2) if took is not None else None,
         "rebuild_mb_s": round(rebuilt / (repaired_at - restarted_at) / 1e6, 1) if took else None,
-        "timeline": timeline, "windows": load.windows,
+        "timeline": baseline + timeline, "windows": load.windows,
         "client_before": load.summary(0.0, wiped_at),
         "client_during": load.summary(wiped_at, repaired_at),
         "client_after": load.summary(repaired_at, 1e9),

@@ -9,11 +9,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display: files only
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-from benchmarks.loadgen import format_size  # noqa: E402
-from benchmarks.report_compare import medians  # noqa: E402
+from benchmarks.loadgen import format_size
+from benchmarks.report_compare import medians
 
 __all__ = ["COLORS", "draw_all"]
 
@@ -24,8 +25,14 @@ LABELS = {"objstore": "objstore (EC 4+2, fsync)", "seaweedfs": "SeaweedFS (2 cop
 plt.rcParams.update({"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110})
 
 
+def _legend_below(fig: Figure, ax: Any, columns: int = 4) -> None:
+    """One legend for the whole figure, under the plots, where it hides no bar or line."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=9, frameon=False)
+
+
 def _save(fig: Figure, out: Path, name: str, made: list[str]) -> None:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if fig.legends else 0, 1, 1))  # room for a legend below
     fig.savefig(out / name)
     plt.close(fig)
     made.append(name)
@@ -72,7 +79,7 @@ def throughput_by_size(data: dict[str, Any], out: Path, made: list[str]) -> None
         ax.set_title(f"{workload.upper()} throughput, best concurrency (in brackets)")
         ax.set_ylabel("MB/s (10^6 bytes/s, log scale)")
         ax.set_xlabel("object size")
-    axes[0].legend(loc="upper left", fontsize=8)
+    _legend_below(fig, axes[0])
     _save(fig, out, "throughput_by_size.png", made)
 
 
@@ -86,12 +93,12 @@ def small_ops(data: dict[str, Any], out: Path, made: list[str]) -> None:
     _bars(axes[0], [w.upper() for w in workloads], series, log=True)
     axes[0].set_title("4 KiB operations per second, best concurrency")
     axes[0].set_ylabel("ops/s (log scale; LIST = 1000-key pages)")
-    axes[0].legend(loc="upper right", fontsize=8)
     conc = compare["plan"]["headline_concurrency"]
     p99 = {s: [med.get((s, w, 4096, conc), {}).get("p99", 0.0) for w in workloads] for s in systems}
     _bars(axes[1], [w.upper() for w in workloads], p99, log=True)
     axes[1].set_title(f"4 KiB p99 latency at concurrency {conc}")
     axes[1].set_ylabel("ms (log scale)")
+    _legend_below(fig, axes[0])
     _save(fig, out, "small_ops.png", made)
 
 
@@ -113,7 +120,7 @@ def concurrency_sweep(data: dict[str, Any], out: Path, made: list[str]) -> None:
             ax.set_title(f"{workload.upper()} {format_size(size)}")
             ax.set_xlabel("concurrency (requests in flight)")
             ax.set_ylabel("ops/s")
-    axes[0][0].legend(fontsize=7)
+    _legend_below(fig, axes[0][0])
     _save(fig, out, "concurrency_sweep.png", made)
 
 
@@ -130,39 +137,36 @@ def latency_cdfs(data: dict[str, Any], out: Path, made: list[str]) -> None:
                 qs = [i / (len(cell["cdf_ms"]) - 1) for i in range(len(cell["cdf_ms"]))]
                 ax.plot(cell["cdf_ms"], qs, color=COLORS.get(system), label=LABELS.get(system, system))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
         ax.set_title(f"{workload.upper()} {format_size(size)}, concurrency {conc}")
         ax.set_xlabel("latency ms (log scale)")
         ax.set_ylabel("fraction of requests")
         ax.axhline(0.99, color="grey", lw=0.7, ls="--")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    _legend_below(fig, axes[0][0])
     _save(fig, out, "latency_cdf.png", made)
 
 
 def rss_by_size(data: dict[str, Any], out: Path, made: list[str]) -> None:
     compare = data["compare"]
     sizes = compare["plan"]["sizes"]
-    roles = {name: info["roles"] for name, info in data.get("systems", {}).items()}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    labels = [format_size(size) for size in sizes]
     for ax, workload in zip(axes, ("put", "get")):
         for system in _systems(data):
-            gw, nodes, total = [], [], []
+            gateway, total = [], []
             for size in sizes:
                 cells = [c for c in compare["cells"] if (c["system"], c["workload"], c["size"]) == (system, workload, size)]
-                per_pid = [p for c in cells for p in c["result"]["server"].get("per_pid", [])]
-                role_of = roles.get(system, {})
-                peak_gw = max((p["peak_rss_bytes"] or 0 for p in per_pid if role_of.get(str(p["pid"])) == "gateway"),
-                              default=0)
                 total.append(max((c["result"]["server"].get("peak_rss_bytes") or 0 for c in cells), default=0) / 2**20)
-                gw.append(peak_gw / 2**20)
-                nodes.append(total[-1] - gw[-1])
-            labels = [format_size(size) for size in sizes]
+                gateway.append(max((c["result"]["server"].get("by_role", {}).get("gateway", {}).get("peak_rss_bytes", 0)
+                                    for c in cells), default=0) / 2**20)
             ax.plot(labels, total, "o-", color=COLORS.get(system), label=f"{LABELS.get(system, system)}: all processes")
             if system == "objstore":
-                ax.plot(labels, gw, "s--", color=COLORS[system], label="objstore gateway alone")
+                ax.plot(labels, gateway, "s--", color=COLORS[system], label="objstore gateway alone")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"peak RSS of the servers during {workload.upper()} cells")
         ax.set_ylabel("MiB (sum of peak RSS over processes)")
         ax.set_xlabel("object size")
-    axes[0].legend(fontsize=7)
+    _legend_below(fig, axes[0], columns=3)
     _save(fig, out, "rss_by_size.png", made)
 
 
@@ -205,6 +209,7 @@ def scale(data: dict[str, Any], out: Path, made: list[str]) -> None:
     ax2.set_ylabel("p99 ms", color="#d62728")
     ax.set_ylim(bottom=0)
     ax2.set_ylim(bottom=0)
+    ax.legend(handles=ax.get_lines() + ax2.get_lines(), fontsize=8, loc="lower left")
     ax = axes[0][1]
     xs = [p["objects"] for p in points]
     for (workload, conc), style in {("get", 8): "o-", ("head", 8): "s-", ("put", 8): "^-"}.items():
@@ -281,6 +286,7 @@ def chaos(data: dict[str, Any], out: Path, made: list[str]) -> None:
     axes[0].set_title(f"64 KiB PUT 50% / GET 50%, {ch['plan']['concurrency']} workers, one node SIGKILLed every "
                       f"{ch['plan']['period']:g} s and restarted {ch['plan']['down']:g} s later")
     axes[1].bar([w["t"] for w in ch["windows"]], [w["errors"] for w in ch["windows"]], width=0.8, color="#d62728")
+    axes[1].set_ylim(0, max([1] + [w["errors"] for w in ch["windows"]]) * 1.2)
     axes[1].set_ylabel("failed requests per window")
     axes[1].set_xlabel("seconds")
     axes[1].set_title(f"errors: {ch['overall'].get('errors', 0)} of {ch['overall'].get('ops', 0) + ch['overall'].get('errors', 0)} "
@@ -302,8 +308,9 @@ def ec_profiles(data: dict[str, Any], out: Path, made: list[str]) -> None:
     ax.bar([x - 0.2 for x in xs], [e["nominal_overhead"] for e in ec], 0.4, label="(k+m)/k")
     ax.bar([x + 0.2 for x in xs], [e.get("allocated_overhead", 0) for e in ec], 0.4, label="measured (allocated, all files)")
     ax.set_xticks(list(xs), names)
-    ax.set_title("storage overhead")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 2.2)
+    ax.set_title("storage overhead (bytes on disk / object bytes)")
+    ax.legend(fontsize=8, loc="upper right")
     ax = axes[1]
     cells = [(c["workload"], c["size"]) for c in ec[0]["cells"]]
     width = 0.8 / len(cells)
@@ -313,8 +320,9 @@ def ec_profiles(data: dict[str, Any], out: Path, made: list[str]) -> None:
                label=f"{workload.upper()} {format_size(size)}")
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("MB/s")
-    ax.set_title("throughput")
-    ax.legend(fontsize=8)
+    ax.set_title("throughput (x8 for 1 MiB, x2 above)")
+    ax.margins(y=0.25)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax = axes[2]
     bars = ax.bar(list(xs), [e.get("time_to_full_redundancy_s") or 0 for e in ec], color="#2ca02c")
     ax.bar_label(bars, [f"{e.get('rebuild_mb_s')} MB/s" for e in ec], fontsize=8)

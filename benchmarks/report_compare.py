@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 from collections import defaultdict
@@ -11,6 +12,7 @@ from typing import Any
 
 from benchmarks.loadcell import KeySpace
 from benchmarks.loadgen import format_size, preflight, warm_up
+from benchmarks.procstat import cpu_seconds
 from benchmarks.report_systems import (
     Reporter,
     System,
@@ -23,7 +25,7 @@ from benchmarks.report_systems import (
 )
 from benchmarks.s3load import PayloadStream
 
-__all__ = ["ComparePlan", "medians", "run_compare"]
+__all__ = ["ComparePlan", "by_role", "idle_cpu", "medians", "run_compare"]
 
 SMALL = 4096
 PREFIX = "report/"
@@ -42,6 +44,7 @@ class ComparePlan:
     max_bytes: int = 2 << 30
     rounds: int = 1  # repeats of the headline cells: PUT and GET at `headline_concurrency`, sizes up to 1 MiB
     headline_concurrency: int = 8
+    idle_seconds: float = 5.0  # every store at rest, its CPU sampled
     overhead_objects: dict[int, int] = field(default_factory=lambda: {1 << 20: 128, SMALL: 512})
 
     def workloads(self, size: int) -> list[str]:
@@ -99,6 +102,28 @@ async def measure_overhead(systems: Sequence[System], payloads: PayloadStream, p
     return out
 
 
+async def idle_cpu(systems: Sequence[System], seconds: float) -> dict[str, float]:
+    """CPU cores each store burns while nobody sends it a request (heartbeats, background loops), all
+    sampled over the same `seconds`: what it takes from the 2 cores the others are measured on."""
+    before = {s.name: [cpu_seconds(pid) or 0.0 for pid in s.pids] for s in systems}
+    await asyncio.sleep(seconds)
+    after = {s.name: [cpu_seconds(pid) or 0.0 for pid in s.pids] for s in systems}
+    return {name: round((sum(after[name]) - sum(before[name])) / seconds, 3) for name in before}
+
+
+def by_role(result: dict[str, Any], roles: dict[int, str]) -> dict[str, Any]:
+    """The server figures of a cell per role (gateway, node n1, volume0, proxy...) instead of per pid."""
+    server = dict(result.get("server") or {})
+    grouped: dict[str, dict[str, float]] = {}
+    for entry in server.pop("per_pid", []):
+        role = roles.get(entry["pid"], "other")
+        slot = grouped.setdefault(role, {"cpu_seconds": 0.0, "peak_rss_bytes": 0})
+        slot["cpu_seconds"] = round(slot["cpu_seconds"] + (entry["cpu_seconds"] or 0.0), 3)
+        slot["peak_rss_bytes"] += entry["peak_rss_bytes"] or 0
+    server["by_role"] = grouped
+    return result | {"server": server}
+
+
 async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: PayloadStream, reporter: Reporter,
                       seed: int = 1) -> dict[str, Any]:
     """Every cell of `plan` on every system, the order of the systems rotated from one cell to the next so
@@ -107,6 +132,8 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
     for system in systems:
         async with new_session() as session:
             await preflight(system.client(session, payloads), PREFIX)
+    idle = await idle_cpu(systems, plan.idle_seconds)
+    reporter.log("CPU cores used at rest: " + ", ".join(f"{name} {cores:.2f}" for name, cores in idle.items()))
     overhead = await measure_overhead(systems, payloads, plan, reporter)
     rows: list[dict[str, Any]] = []
     turn = 0
@@ -133,7 +160,7 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
                 every = [lat for lats in samples.values() for lat in lats]
                 rows.append({"system": system.name, "workload": workload, "size": size, "concurrency": concurrency,
                              "round": round_, "position": position, "refill_failed": refill_failed,
-                             "result": result.to_json(), "cdf_ms": cdf_points(every)})
+                             "result": by_role(result.to_json(), system.roles), "cdf_ms": cdf_points(every)})
                 reporter.step(f"{workload} {format_size(size)} x{concurrency} on {system.name}: "
                               f"{result.ops_per_s:,.0f} ops/s, {result.mb_per_s:,.1f} MB/s")
                 if result.errors:
@@ -143,7 +170,7 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
             async with new_session() as session:
                 await delete_all(system.client(session, payloads), spaces[system.name])
     return {"plan": asdict(plan) | {"overhead_objects": {str(k): v for k, v in plan.overhead_objects.items()}},
-            "systems": [s.name for s in systems], "overhead": overhead, "cells": rows}
+            "systems": [s.name for s in systems], "idle_cpu_cores": idle, "overhead": overhead, "cells": rows}
 
 
 def medians(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, float]]:

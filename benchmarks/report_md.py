@@ -44,9 +44,9 @@ def _machine(m: dict[str, Any]) -> str:
     rows = [
         ("CPU", f"{m['cpu_model']}, {m['cores']} cores (shared machine)"),
         ("memory", f"{m['memory_bytes'] / 2**30:.1f} GiB"),
-        ("disk", f"{disk['device']} ({disk['type']}, {disk['size_bytes'] / 1e9:,.0f} GB, "
+        ("disk", (f"{disk['device']} ({disk['type']}, {disk['size_bytes'] / 1e9:,.0f} GB, "
                  f"{disk['free_bytes'] / 1e9:,.0f} GB free, rotational flag {disk['rotational_flag']}); "
-                 "every store writes to this one disk"),
+                 "every store writes to this one disk")),
         ("kernel / OS", f"{m['kernel']} / {m['os']}"),
         ("python", m["python"]),
         ("packages", ", ".join(f"{k} {v}" for k, v in m["packages"].items())),
@@ -65,12 +65,12 @@ def _compare(data: dict[str, Any]) -> str:
     systems = compare["systems"]
     peers = [s for s in systems if s != "objstore"]
     med = medians(rows)
-    out = [f"Every cell (workload, size, concurrency) ran on every store in turn, the order rotated by one store "
+    out = [(f"Every cell (workload, size, concurrency) ran on every store in turn, the order rotated by one store "
            f"from cell to cell; each cell is bounded by {plan['seconds']:g} s, {plan['max_ops']:,} operations and "
            f"{plan['max_bytes'] / 2**30:g} GiB, in a fresh connection pool. Every GET body was compared byte for byte "
            f"with what was written. PUT and GET of sizes up to 1 MiB at concurrency {plan['headline_concurrency']} ran "
            f"{plan['rounds']} times (alternated); the figures are medians over those rounds. MB = 10^6 bytes. "
-           "Ratio = objstore / peer (above 1: objstore faster).\n"]
+           "Ratio = objstore / peer (above 1: objstore faster).\n")]
     conc = plan["headline_concurrency"]
     head = ["cell"] + [f"{s} ops/s" for s in systems] + [f"objstore/{p}" for p in peers]
     body = []
@@ -92,16 +92,16 @@ def _compare(data: dict[str, Any]) -> str:
         workloads = plan["small_workloads"] if size == 4096 else ["put", "get"]
         for workload in workloads:
             for c in sorted({key[3] for key in med if key[1:3] == (workload, size)}):
-                cells = []
+                entries: list[str] = []
                 for s in systems:
                     v = med.get((s, workload, size, c))
                     if not v:
-                        cells.append("-")
+                        entries.append("-")
                         continue
                     err = f", **{v['errors']} errors**" if v["errors"] else ""
-                    cells.append(f"{_num(v['ops_per_s'])}, {_num(v['mb_per_s'], 1)}, "
-                                 f"{_num(v['p50'], 1)}/{_num(v['p99'], 1)}{err}")
-                body.append([workload.upper(), str(c)] + cells)
+                    entries.append(f"{_num(v['ops_per_s'])}, {_num(v['mb_per_s'], 1)}, "
+                                   f"{_num(v['p50'], 1)}/{_num(v['p99'], 1)}{err}")
+                body.append([workload.upper(), str(c), *entries])
         out.append(f"### {format_size(size)} objects\n\n" + _table(head, body))
     cpu_head = ["cell"] + [f"{s} CPU ms/op" for s in systems] + [f"{s} peak RSS MiB" for s in systems]
     cpu_body = []
@@ -116,6 +116,27 @@ def _compare(data: dict[str, Any]) -> str:
                "/proc) divided by the operations of the cell; peak RSS summed over the processes, sampled every "
                "0.1 s. On 2 cores the load generator competes with the servers for the same CPUs.\n\n"
                + _table(cpu_head, cpu_body))
+    split = []
+    for size in plan["sizes"]:
+        for workload in (plan["small_workloads"] if size == 4096 else ["put", "get"]):
+            cell = next((r for r in rows if (r["system"], r["workload"], r["size"], r["concurrency"], r["round"])
+                         == ("objstore", workload, size, conc, 0)), None)
+            roles = (cell or {}).get("result", {}).get("server", {}).get("by_role")
+            if cell is None or not roles or not cell["result"]["ops"]:
+                continue
+            ops = cell["result"]["ops"]
+            gateway = roles.get("gateway", {}).get("cpu_seconds", 0.0)
+            nodes = sum(v["cpu_seconds"] for k, v in roles.items() if k != "gateway")
+            split.append([f"{workload.upper()} {format_size(size)} x{conc}", _num(gateway / ops * 1000, 2),
+                          _num(nodes / ops * 1000, 2), _num(cell["result"]["client_cpu_seconds"] / ops * 1000, 2)])
+    if split:
+        out.append("objstore's CPU per operation split between the gateway and the 6 nodes (first round), and the load "
+                   "generator's own:\n\n" + _table(["cell", "gateway ms/op", "nodes ms/op (sum)", "generator ms/op"],
+                                                   split))
+    idle = compare.get("idle_cpu_cores")
+    if idle:
+        out.append(f"CPU used at rest, all stores idle over the same {plan.get('idle_seconds', 5):g} s (heartbeats, "
+                   "background loops), in cores: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()) + ".\n")
     errors = [r for r in rows if r["result"]["errors"]]
     if errors:
         out.append("### Errors\n\n" + _table(
@@ -135,9 +156,9 @@ def _compare(data: dict[str, Any]) -> str:
 
 
 def _scale(sc: dict[str, Any]) -> str:
-    out = [f"objstore alone (fsync on), one prefix of {format_size(sc['plan']['size'])} objects grown by PUTs at "
+    out = [(f"objstore alone (fsync on), one prefix of {format_size(sc['plan']['size'])} objects grown by PUTs at "
            f"concurrency {sc['plan']['fill_concurrency']}; at each checkpoint GET/HEAD/PUT x8 and LIST of 1000-key "
-           f"pages (x1 and x8, each worker walking the prefix from its start) for {sc['plan']['seconds']:g} s each.\n"]
+           f"pages (x1 and x8, each worker walking the prefix from its start) for {sc['plan']['seconds']:g} s each.\n")]
     rows = []
     for p in sc["points"]:
         cells = {(c["workload"], c["concurrency"]): c for c in p["cells"]}
@@ -270,13 +291,13 @@ def write_markdown(data: dict[str, Any], out: Path) -> Path:
         if "ec_profiles.png" in charts:
             parts.append("![EC profiles](ec_profiles.png)\n")
     notes = list(data.get("notes", [])) + [
-        "Repair and chaos were measured on objstore only: the peers here run without their background repair "
+        ("Repair and chaos were measured on objstore only: the peers here run without their background repair "
         "(SeaweedFS needs `volume.fix.replication` from `weed shell`; Swift's reconstructor is not started), "
-        "so there is no like-for-like figure to compare.",
+        "so there is no like-for-like figure to compare."),
         "The scale phase grows objstore alone; the peers' behaviour with many objects was not measured.",
-        "One machine, one disk, 2 shared cores: the load generator, every server process and the page cache compete "
+        ("One machine, one disk, 2 shared cores: the load generator, every server process and the page cache compete "
         "for the same CPUs and disk, so absolute figures are far below what any of these stores does on real "
-        "hardware; the ratios measured in the same run are the meaningful part.",
+        "hardware; the ratios measured in the same run are the meaningful part."),
     ]
     parts.append("## Not measured, and caveats\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     path = out / "report.md"

@@ -13,8 +13,22 @@ from typing import Any
 
 from benchmarks.loadcell import CellResult, KeySpace
 from benchmarks.loadgen import format_size, preflight
-from benchmarks.report_chaos import DOWN_AFTER, REPAIR_SETTINGS, wait_redundant, wipe_node
-from benchmarks.report_systems import Reporter, System, cdf_points, disk_bytes, fill, measure, new_session, rss_by_role
+from benchmarks.report_chaos import (
+    DOWN_AFTER,
+    REPAIR_SETTINGS,
+    wait_redundant,
+    wipe_node,
+)
+from benchmarks.report_systems import (
+    Reporter,
+    System,
+    cdf_points,
+    disk_bytes,
+    fill,
+    measure,
+    new_session,
+    rss_by_role,
+)
 from benchmarks.s3load import PayloadStream
 
 __all__ = ["EcPlan", "ScalePlan", "run_ec", "run_scale"]
@@ -66,7 +80,8 @@ async def run_scale(system: System, plan: ScalePlan, payloads: PayloadStream, re
             growth.append({"objects": len(keys), "t": round(time.monotonic() - began, 1),
                            "ops_per_s": result.ops_per_s, "p50": result.latency_ms["p50"],
                            "p99": result.latency_ms["p99"], "errors": result.errors, "rss": rss_by_role(system)})
-            reporter.step(f"scale: {len(keys):,} objects, {result.ops_per_s:,.0f} PUT/s", advance=result.ops)
+            reporter.step(f"scale: {len(keys):,} objects, {result.ops_per_s:,.0f} PUT/s", advance=result.ops,
+                          quiet=len(growth) % 5 != 0)
             if result.ops == 0:
                 stopped = f"stopped at {len(keys):,} objects: a growth step wrote nothing ({result.errors_by_kind})"
                 break
@@ -78,7 +93,7 @@ async def run_scale(system: System, plan: ScalePlan, payloads: PayloadStream, re
                                             max_seconds=plan.seconds)
             point["cells"].append(_cell(result, samples))
         points.append(point)
-        reporter.log(f"scale checkpoint {len(keys):,}: " + ", ".join(
+        reporter.log(f"scale checkpoint {point['objects']:,}: " + ", ".join(
             f"{c['workload']} x{c['concurrency']} {c['ops_per_s']:,.0f}/s p99 {c['latency_ms']['p99']:.1f} ms"
             for c in point["cells"]))
     rates = [g["ops_per_s"] for g in growth[-10:] if g["ops_per_s"] > 0]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from rich.console import Console
@@ -38,7 +38,7 @@ class Reporter:
         self._overall: TaskID | None = None
         self._phase: TaskID | None = None
 
-    def __enter__(self) -> Reporter:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 
@@ -57,9 +57,12 @@ class Reporter:
         self._phase = self.progress.add_task(name, total=max(1, total))
         self.log(f"[bold]{name}[/bold]")
 
-    def step(self, text: str | None = None, advance: int = 1) -> None:
+    def step(self, text: str | None = None, advance: int = 1, quiet: bool = False) -> None:
+        """Advance the phase's bar; `text` becomes its description and, unless `quiet`, a log line."""
         if self._phase is not None:
-            self.progress.update(self._phase, advance=advance, **({"description": text} if text else {}))
+            self.progress.update(self._phase, advance=advance, description=text)
+        if text and not quiet:
+            self.log(text)
 
     def total(self, total: int) -> None:
         if self._phase is not None:
@@ -78,7 +81,7 @@ class System:
     roles: dict[int, str]  # every server pid -> gateway, node n1, master, volume0, proxy, ...
     disk_root: Path  # everything the store writes lives under here
     notes: str
-    stop: Callable[[], None]
+    stop: Callable[[], object]
     cluster: DevCluster | None = None
     describe: dict[str, Any] = field(default_factory=dict)
 
@@ -124,7 +127,7 @@ def start_peer(peer: Peer, workdir: Path, name: str, bucket: str = "bench", time
         roles.setdefault(pid, "worker")
     target = S3Target(peer.endpoint, bucket, peer.access_key, peer.secret_key, peer.region)
     info = {key: value for key, value in peer.describe().items() if key not in ("secret_key", "access_key")}
-    return System(name, target, roles, Path(workdir), peer.notes(), peer.stop, None, info)
+    return System(name, target, roles, Path(workdir), peer.notes(), lambda: peer.stop(), None, info)
 
 
 class TimedClient(S3LoadClient):
