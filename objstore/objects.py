@@ -481,6 +481,8 @@ class ObjectIO:
                 per_target[i].append(ref)
         done = []
         for i, node in targets.items():
+            if len(per_target[i]) != len(rec.parts):
+                continue  # a part's shard did not land: a record without it would pass for whole
             new = replace(rec, shard=i, parts=per_target[i], handoff=node.id not in owners)
             try:
                 await self._timed(node, self.client.put_record(node, new))

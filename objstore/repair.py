@@ -212,7 +212,10 @@ class Repairer:
             entries = versions[v]
             old = self._aged(bucket, key, v, now)
             healthy_idx = {s for _, s, _, h in entries if h}
-            superseded = newest is not None and v < newest and not versioned
+            # An older version goes only once the newer one has stood past the grace period too: a newer
+            # write that is failing may show k records for a moment before its cleanup removes them.
+            superseded = (newest is not None and v < newest and not versioned
+                          and self._aged(bucket, key, newest, now) and len(_healthy(versions[newest])) == width)
             # A write that never reached k nodes (damaged shards still count: unreadable is not garbage).
             failed = complete and len({s for _, s, _, _ in entries}) < k
             if (superseded or failed) and old:
@@ -285,6 +288,10 @@ class Repairer:
         except (ReadFailed, NodeError, OSError, asyncio.TimeoutError) as e:
             stats.failures += 1
             log.warning("repair: %s/%s@%s failed: %s", task.bucket, task.key, task.version, e)
+
+
+def _healthy(entries: list[tuple[NodeInfo, int, bool, bool]]) -> set[int]:
+    return {s for _, s, _, h in entries if h}
 
 
 def summarize(stats: Iterable[RepairStats]) -> RepairStats:
