@@ -137,6 +137,12 @@ def _compare(data: dict[str, Any]) -> str:
     if idle:
         out.append(f"CPU used at rest, all stores idle over the same {plan.get('idle_seconds', 5):g} s (heartbeats, "
                    "background loops), in cores: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()) + ".\n")
+    loads = sorted(r["result"].get("load_average", 0.0) for r in rows)
+    if loads:
+        out.append(f"Machine load (1-minute load average at the end of each cell, {len(loads)} cells): median "
+                   f"{loads[len(loads) // 2]:.1f}, max {loads[-1]:.1f} on {data['machine']['cores']} cores. Above the "
+                   "core count other work competed for the CPUs; it hit every store alike, since the stores took "
+                   "turns cell by cell.\n")
     errors = [r for r in rows if r["result"]["errors"]]
     if errors:
         out.append("### Errors\n\n" + _table(
