@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from benchmarks.loadgen import format_size
 from benchmarks.report_compare import medians
@@ -117,6 +117,14 @@ def concurrency_sweep(data: dict[str, Any], out: Path, made: list[str]) -> None:
                             color=COLORS.get(system), label=LABELS.get(system, system))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            sweep = sorted({key[3] for key in med if key[1:3] == (workload, size)})
+            ax.set_xticks(sweep, [str(c) for c in sweep])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            plain = FuncFormatter(lambda value, _: f"{value:g}")  # 300, not 3 x 10^2
+            ax.yaxis.set_major_formatter(plain)
+            low, high = ax.get_ylim()
+            # label minor ticks only where the axis spans less than a decade and has no major label
+            ax.yaxis.set_minor_formatter(plain if high / max(low, 1e-9) < 8 else NullFormatter())
             ax.set_title(f"{workload.upper()} {format_size(size)}")
             ax.set_xlabel("concurrency (requests in flight)")
             ax.set_ylabel("ops/s")
