@@ -32,7 +32,10 @@ def _legend_below(fig: Figure, ax: Any, columns: int = 4) -> None:
 
 
 def _save(fig: Figure, out: Path, name: str, made: list[str]) -> None:
-    fig.tight_layout(rect=(0, 0.06 if fig.legends else 0, 1, 1))  # room for a legend below
+    bottom = 0.0
+    if fig.legends:  # room for the legend below: one row of four entries, two rows past that
+        bottom = 0.06 if len(fig.legends[0].get_texts()) <= 4 else 0.1
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(out / name)
     plt.close(fig)
     made.append(name)
