@@ -264,7 +264,6 @@ class Supervisor:
         for child in gateways:
             self.spawn(child)
         self.wait_ready(gateways)
-        self.write_cluster_file()
 
     def describe(self) -> dict[str, Any]:
         s = self.setup
@@ -421,6 +420,8 @@ def run_dev(opts: DevOptions, console: Console | None = None) -> None:
                     return
                 raise
             print_banner(sup, console, gateway_missing)
+            # cluster.json appears last: once it exists, the cluster is up and the banner printed
+            sup.write_cluster_file()
             sup.supervise()
             console.print("stopping")
         finally:

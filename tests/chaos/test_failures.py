@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 
 from tests.chaos.chaos import (FAST_REPAIR, append_garbage, damage_record, flip_byte, md5, payload, shard_files,
-                               truncate, wait_full_redundancy, wait_status_clean)
+                               status, truncate, wait_full_redundancy, wait_status_clean)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -57,21 +57,38 @@ def test_damaged_shards_and_records_never_served_and_healed(dev_cluster_factory)
     model = fill(s3, "rot", 18, seed=1)
     wait_full_redundancy(cluster, "rot", list(model), timeout=30)
     damage = [flip_byte, truncate, append_garbage]
-    damaged, used = 0, set()
+    damaged, used, used_paths = 0, set(), []
     # One damaged shard per object (at most m may go): each kind of damage on several nodes.
     for node_id in ["n1", "n3", "n5", "n2", "n6"]:
         path = next(p for p in shard_files(cluster, node_id) if p.stem not in used)
         used.add(path.stem)
+        used_paths.append(path)
         damage[damaged % 3](path)
         damaged += 1
     assert damage_record(cluster, "n4", "rot", "obj/002") == 1
+    started = time.monotonic()
     for _ in range(2):  # every read right, before and after the damage is found
         check_all(s3, "rot", model)
-    took = wait_full_redundancy(cluster, "rot", list(model), timeout=60)
-    print(f"\n{damaged} damaged shards and 1 damaged record healed in {took:.1f}s")
-    s = wait_status_clean(cluster, timeout=30, min_objects=len(model))
-    assert sum(n["corrupt_found"] or 0 for n in s["nodes"]) >= damaged
+    # Reads find damaged data shards; damaged parity shards only the scrub finds (every 2 s here).
+    found = wait_corrupt_found(cluster, damaged + 1, timeout=60)
+    wait_full_redundancy(cluster, "rot", list(model), timeout=60)
+    wait_status_clean(cluster, timeout=30, min_objects=len(model))
+    print(f"\n{damaged} damaged shards and 1 damaged record found ({found}) and healed in "
+          f"{time.monotonic() - started:.1f}s")
+    for path in used_paths:  # a copy rebuilt in place of each quarantined shard
+        assert path.exists(), path
     check_all(s3, "rot", model)
+
+
+def wait_corrupt_found(cluster, wanted: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    found = 0
+    while time.monotonic() < deadline:
+        found = sum(n["corrupt_found"] or 0 for n in status(cluster)["nodes"])
+        if found >= wanted:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{found} of {wanted} damaged shards and records found after {timeout}s")
 
 
 def test_kill_nodes_during_writes(dev_cluster_factory):
