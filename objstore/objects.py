@@ -15,6 +15,7 @@ from objstore import codec
 from objstore.client import NodeClient, NodeError
 from objstore.cluster import ECProfile, NodeInfo
 from objstore.quorum import Background, QuorumError, quorum
+from objstore.reader import PartReader, ReadFailed, ShardSource
 from objstore.records import ObjectRecord, PartRef
 from objstore.ring import Ring
 from objstore.view import ClusterView
@@ -24,17 +25,13 @@ log = logging.getLogger("objstore.objects")
 INLINE_MAX_SHARD = 64 * 1024
 """Shards up to this size travel inside the record: a small object costs no file on any node."""
 SHARD_QUEUE_DEPTH = 4
+"""Blocks buffered per shard upload: bounds gateway memory at about width * depth * block_size."""
 SHARD_STALL_TIMEOUT = 5.0
 """Seconds a shard upload may refuse new blocks before the write drops it and goes on without it."""
-"""Blocks buffered per shard upload: bounds gateway memory at about width * depth * block_size."""
 
 
 class WriteFailed(Exception):
     """Fewer than k+1 shards could be made durable: nothing of the write became visible."""
-
-
-class ReadFailed(Exception):
-    """Fewer than k healthy shards of a version could be read."""
 
 
 @dataclass
@@ -60,15 +57,6 @@ class BlobWrite:
     @property
     def indexes(self) -> set[int]:
         return {s.index for s in self.shards}
-
-
-@dataclass
-class ShardSource:
-    """A place to read one shard of one part from."""
-
-    index: int
-    node: NodeInfo
-    part: PartRef
 
 
 @dataclass
@@ -454,7 +442,7 @@ class ObjectIO:
         if length <= 0:
             return
         ec = obj.record.ec
-        reader = _PartReader(self, obj, part, ec, offset, length)
+        reader = PartReader(self.client, self.view, self.executor, obj.sources(part.number), part, ec, offset, length)
         try:
             async for chunk in reader.stream():
                 yield chunk
@@ -499,7 +487,7 @@ class ObjectIO:
         sources = obj.sources(part.number)
         if part.size == 0 or any(s.part.inline is not None for srcs in sources.values() for s in srcs):
             return await self._rebuild_inline(obj, part, ec, want)
-        reader = _PartReader(self, obj, part, ec, 0, part.size)
+        reader = PartReader(self.client, self.view, self.executor, sources, part, ec, 0, part.size)
         queues: dict[int, asyncio.Queue[bytes | None]] = {i: asyncio.Queue(SHARD_QUEUE_DEPTH) for i in want}
         sums: dict[int, list[int]] = {i: [] for i in want}
 
@@ -584,161 +572,6 @@ def _sums_for(bw: BlobWrite, index: int) -> list[int]:
         if s.index == index:
             return s.checksums
     return []
-
-
-class _PartReader:
-    """Reads the stripes of one part from k shards, replacing failed, corrupt or slow shards with spares."""
-
-    def __init__(self, io: ObjectIO, obj: ObjectVersion, part: PartRef, ec: ECProfile, offset: int, length: int):
-        self.io, self.part, self.ec = io, part, ec
-        self.offset, self.length = offset, length
-        self.codec = codec.codec_for(ec)
-        self.first, self.last = codec.range_to_stripes(offset, length, part.size, ec)
-        sources = obj.sources(part.number)
-        # Data shards first (no decode needed), then parity; available nodes first within each index.
-        self.candidates: list[ShardSource] = []
-        for idx in sorted(sources):
-            for src in io.view.by_availability([s.node for s in sources[idx]]):
-                self.candidates.append(next(s for s in sources[idx] if s.node.id == src.id))
-        self.open: dict[int, _ShardStream] = {}
-        self.failed: set[int] = set()
-
-    def _next_candidate(self) -> ShardSource | None:
-        for src in self.candidates:
-            if src.index not in self.open and src.index not in self.failed:
-                self.candidates.remove(src)
-                return src
-        return None
-
-    def _open(self, src: ShardSource, stripe: int) -> _ShardStream:
-        shard_off, shard_len = codec.shard_span(stripe, self.last, self.part.size, self.ec)
-        stream = _ShardStream(self.io, src, self.ec.block_size, shard_off, shard_len)
-        self.open[src.index] = stream
-        return stream
-
-    async def stripes(self) -> AsyncIterator[tuple[int, dict[int, bytes]]]:
-        """At least k verified blocks of every stripe in the range, by shard index."""
-        for _ in range(self.ec.k):
-            src = self._next_candidate()
-            if src is None:
-                break
-            self._open(src, self.first)
-        for stripe in range(self.first, self.last + 1):
-            yield stripe, await self._stripe_blocks(stripe, codec.block_len(self.part.size, self.ec, stripe))
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        k = self.ec.k
-        stripe_start = self.first * self.ec.stripe_size
-        async for stripe, blocks in self.stripes():
-            payload_len = codec.stripe_payload_len(self.part.size, self.ec, stripe)
-            if all(i in blocks for i in range(k)):
-                payload = b"".join(blocks[i] for i in range(k))[:payload_len]
-            else:
-                payload = await asyncio.get_running_loop().run_in_executor(
-                    self.io.executor, self.codec.decode, blocks, payload_len)
-            lo = max(self.offset - stripe_start, 0)
-            hi = min(self.offset + self.length - stripe_start, payload_len)
-            yield payload[lo:hi]
-            stripe_start += self.ec.stripe_size
-
-    async def _stripe_blocks(self, stripe: int, blen: int) -> dict[int, bytes]:
-        """k verified blocks of one stripe; a shard that errs or lags is replaced by the next candidate."""
-        k = self.ec.k
-        blocks: dict[int, bytes] = {}
-        pending: dict[asyncio.Task[bytes], int] = {}
-        for idx, s in list(self.open.items()):
-            pending[asyncio.ensure_future(s.block(stripe, blen))] = idx
-        hedged = False
-        try:
-            while len(blocks) < k:
-                if not pending:
-                    src = self._next_candidate()
-                    if src is None:
-                        raise ReadFailed(f"only {len(blocks)} of {k} shards readable for part {self.part.number}")
-                    pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
-                    continue
-                timeout = None if hedged else self.io.view.hedge_delay()
-                done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    # Hedge: race a spare against each laggard; whichever k blocks arrive first win.
-                    hedged = True
-                    for _ in range(len(pending)):
-                        src = self._next_candidate()
-                        if src is None:
-                            break
-                        pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
-                    continue
-                for task in done:
-                    idx = pending.pop(task)
-                    try:
-                        blocks[idx] = task.result()
-                    except (NodeError, OSError, asyncio.TimeoutError, codec.ChecksumError, ReadFailed) as e:
-                        log.warning("shard %d of %s unreadable: %s", idx, self.part.blob, e)
-                        self.failed.add(idx)
-                        stream = self.open.pop(idx, None)
-                        if stream:
-                            await stream.close()
-                        if len(blocks) + len(pending) < k:
-                            src = self._next_candidate()
-                            if src is not None:
-                                pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
-        finally:
-            for task, idx in pending.items():
-                # Laggards lose their place: their stream is now behind, so close it.
-                task.cancel()
-                stream = self.open.pop(idx, None)
-                if stream:
-                    self.failed.add(idx)
-                    await stream.close()
-        return blocks
-
-    async def close(self) -> None:
-        for s in self.open.values():
-            await s.close()
-        self.open.clear()
-
-
-class _ShardStream:
-    """One open shard read: returns its blocks in order, each verified against the record's checksum."""
-
-    def __init__(self, io: ObjectIO, src: ShardSource, block_size: int, shard_off: int, shard_len: int) -> None:
-        self.io, self.src, self.block_size = io, src, block_size
-        self.shard_off, self.shard_len = shard_off, shard_len
-        self._cm: Any = None
-        self._reader: Any = None
-        self._pos = shard_off
-        self._started = time.monotonic()
-
-    async def block(self, stripe: int, blen: int) -> bytes:
-        expected_pos = stripe * self.block_size
-        if expected_pos != self._pos:
-            raise ReadFailed(f"shard stream at {self._pos}, asked for {expected_pos}")
-        if self.src.part.inline is not None:
-            data = self.src.part.inline[self._pos:self._pos + blen]
-        else:
-            if self._reader is None:
-                self._cm = self.io.client.open_blob(self.src.node, self.src.part.blob, self.src.index,
-                                                    self.shard_off, self.shard_len)
-                self._reader = await self._cm.__aenter__()
-            data = await self._reader.read_exactly(blen)
-            if self._started:
-                self.io.view.record_success(self.src.node, time.monotonic() - self._started)
-                self._started = 0.0
-        if len(data) != blen:
-            raise ReadFailed(f"shard {self.src.index} is short")
-        sums = self.src.part.checksums
-        codec.verify_block(data, sums[stripe] if stripe < len(sums) else -1,
-                           f"{self.src.part.blob}.{self.src.index} block {stripe} on {self.src.node.id}")
-        self._pos += blen
-        return data
-
-    async def close(self) -> None:
-        if self._cm is not None:
-            cm, self._cm, self._reader = self._cm, None, None
-            try:
-                await cm.__aexit__(None, None, None)
-            except Exception as e:
-                log.debug("closing shard stream: %s", e)
 
 
 async def _peek(source: AsyncIterable[bytes], limit: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
