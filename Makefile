@@ -25,8 +25,9 @@ test: $(STAMP)
 s3-suite: $(STAMP)
 	tests/compat/run_s3_suite.sh
 
+# Load test of the cluster `make run` serves (run it in another shell first); see `objstore bench --help`.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.core
+	$(BIN)/objstore bench --cluster $(DATA)/cluster.json --workloads put,get,mixed --sizes 4KiB,1MiB --concurrency 1,16 --duration 10
 
 clean:
 	rm -rf $(DATA) build *.egg-info
