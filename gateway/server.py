@@ -6,7 +6,8 @@ import asyncio
 import logging
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -14,6 +15,8 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from objstore.client import REQUEST_ID, NodeClient
 from objstore.cluster import ClusterMap
@@ -22,12 +25,13 @@ from objstore.kv import ReplicatedKV
 from objstore.logs import setup_logging
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
+from objstore.users import REFRESH_INTERVAL, UserDirectory, UserStore
 from objstore.view import ClusterView
 
 from gateway import admin, metrics
 from gateway.buckets import Buckets
 from gateway.errors import S3Error, error_response
-from gateway.sigv4 import Authenticator, PayloadReader
+from gateway.sigv4 import Authenticator, PayloadReader, access_key_of
 
 log = logging.getLogger("objstore.gateway")
 
@@ -48,7 +52,8 @@ class Gateway:
     auth: Authenticator
     executor: ThreadPoolExecutor
     background: Background
-    users: dict[str, User] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)  # config and cluster users, kept by `directory`
+    directory: UserDirectory | None = None
 
 
 @dataclass
@@ -191,6 +196,8 @@ async def handle_s3(request: web.Request) -> web.StreamResponse:
     bucket, key = split_request(request.raw_path, request.headers.get("Host"), gw.cfg.domains)
     handler = select_handler(request.method, bucket, key, request.query, request.headers)
     request[metrics.OPERATION] = handler.__name__
+    if gw.directory is not None:
+        await gw.directory.ensure(access_key_of(request))
     result = gw.auth.authenticate(request)
     s3req = S3Request(request, bucket, key, request.query, result.user, result.payload, request[REQUEST_ID_KEY])
     if len(key.encode("utf-8", "surrogatepass")) > 1024:
@@ -210,6 +217,8 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     try:
         bucket, key = split_request(request.raw_path, request.headers.get("Host"), gw.cfg.domains)
         select_handler(request.method, bucket, key, request.query, request.headers)
+        if gw.directory is not None:
+            await gw.directory.ensure(access_key_of(request))
         gw.auth.authenticate(request)
     except S3Error as e:
         response = error_response(e, secrets.token_hex(8).upper(), request.path, head=request.method == "HEAD")
@@ -237,6 +246,42 @@ async def _refresh_map(gw: Gateway) -> None:
             log.debug("map refresh failed: %s", e)
 
 
+async def _refresh_users(directory: UserDirectory) -> None:
+    """Read the cluster's users now and every REFRESH_INTERVAL: new ones appear, deleted ones stop working."""
+    failing = False
+    while True:
+        try:
+            await directory.refresh()
+            if failing:
+                log.info("cluster users readable again (%d users)", directory.cluster_users)
+            failing = False
+        except Exception as e:  # noqa: BLE001 - the last users read keep working; retried at the next interval
+            if not failing:
+                log.warning("reading the cluster's users failed, keeping the last ones read: %s", e)
+            failing = True
+        await asyncio.sleep(REFRESH_INTERVAL)
+
+
+class UsersCollector(Collector):
+    """How many users the gateway knows, by where they come from, and how old its copy of the cluster's is."""
+
+    def __init__(self, directory: UserDirectory) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.directory
+        users = GaugeMetricFamily("objstore_gateway_users", "S3 users this gateway accepts, by source.",
+                                  labels=["source"])
+        users.add_metric(["config"], len(d.users) - d.cluster_users)
+        users.add_metric(["cluster"], d.cluster_users)
+        yield users
+        age = -1.0 if d.refreshed_at is None else time.monotonic() - d.refreshed_at
+        yield GaugeMetricFamily("objstore_gateway_users_age_seconds",
+                                "Seconds since the cluster's users were last read (-1: never).", value=age)
+        yield CounterMetricFamily("objstore_gateway_user_lookups",
+                                  "Cluster reads made for access keys the gateway did not know.", value=d.lookups)
+
+
 async def _map_from_seeds(cfg: GatewayConfig, client: NodeClient) -> ClusterMap:
     from objstore.cluster import NodeInfo
 
@@ -254,21 +299,25 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     view = ClusterView(cmap)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-cpu")
     background = Background()
-    users = {u.access_key: u for u in cfg.users}
     kv = ReplicatedKV(client, background)
-    gw = Gateway(cfg, view, client, ObjectIO(view, client, executor, background), kv, Buckets(view, kv), Authenticator(users, cfg.region), executor, background, users)
+    directory = UserDirectory(cfg.users, UserStore(kv, lambda: view.by_availability(view.all_nodes())))
+    users = directory.users
+    gw = Gateway(cfg, view, client, ObjectIO(view, client, executor, background), kv, Buckets(view, kv), Authenticator(users, cfg.region), executor, background, users, directory)
     app = web.Application(middlewares=[metrics.observe_middleware, s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
     app[GATEWAY] = gw
     app.router.add_get("/_objstore/health", handle_health)
-    admin.install(app, users, view, cfg.secret)
+    admin.install(app, users, view, cfg.secret).register(UsersCollector(directory))
     app.router.add_route("*", "/{tail:.*}", handle_s3, expect_handler=expect_continue)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         refresher = asyncio.create_task(_refresh_map(gw))
+        user_refresher = asyncio.create_task(_refresh_users(directory))
         await gw.view.refresh(gw.client)
         yield
         refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
+        user_refresher.cancel()
+        await asyncio.gather(refresher, user_refresher, return_exceptions=True)
+        await directory.close()
         await background.close()
         await client.close()
         executor.shutdown(wait=False, cancel_futures=True)

@@ -28,7 +28,8 @@ from gateway.payload import (
 )
 from objstore.config import User
 
-__all__ = ["AuthResult", "Authenticator", "ChunkSigner", "PayloadReader", "canonical_query", "uri_encode"]
+__all__ = ["AuthResult", "Authenticator", "ChunkSigner", "PayloadReader", "access_key_of", "canonical_query",
+           "uri_encode"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
@@ -194,6 +195,28 @@ def _split_target(raw_target: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------- the authenticator
+
+
+def access_key_of(request: web.Request) -> str | None:
+    """The access key a request claims (SigV4 header or query, SigV2 query), before anything is verified.
+
+    The gateway uses it to fetch a user it does not know yet; a malformed claim gives None and is refused
+    by `Authenticator.authenticate` with the proper error.
+    """
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:
+        algorithm, _, rest = authorization.strip().partition(" ")
+        if algorithm != ALGORITHM:
+            return None
+        for item in rest.split(","):
+            name, sep, value = item.strip().partition("=")
+            if sep and name.strip() == "Credential":
+                return value.strip().rsplit("/", 4)[0] or None
+        return None
+    credential = request.query.get("X-Amz-Credential")
+    if credential is not None:
+        return credential.rsplit("/", 4)[0] or None
+    return request.query.get("AWSAccessKeyId") or None
 
 
 @dataclass

@@ -33,6 +33,8 @@ ROOT_COMMANDS: dict[str, str] = {
     "dev": "objstore.devcluster:dev_command",
     "status": "objstore.ops:status_command",
     "repair": "objstore.ops:repair_command",
+    "user": "objstore.users:user_group",
+    "bench": "objstore.bench:bench_command",
 }
 CLUSTER_COMMANDS: dict[str, str] = {
     "add-node": "objstore.ops:add_node_command",
