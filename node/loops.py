@@ -29,7 +29,7 @@ class Loops:
     def __init__(self, node: Node) -> None:
         self.node = node
         cfg = node.cfg
-        self.client = NodeClient(cfg.secret, timeout=30.0)
+        self.client = NodeClient(cfg.secret, timeout=30.0, local_addr=cfg.source_address)
         self.view = ClusterView(node.cmap)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"repair-{cfg.id}")
         self.background = Background()

@@ -87,8 +87,11 @@ class BlobReader:
 class NodeClient:
     """Talks to every node of the cluster through one connection pool."""
 
-    def __init__(self, secret: str, timeout: float = 10.0, connect_timeout: float = 2.0) -> None:
+    def __init__(self, secret: str, timeout: float = 10.0, connect_timeout: float = 2.0,
+                 local_addr: str = "") -> None:
         self.secret = secret
+        # Outgoing connections leave from this address when given (a node's `source_address`).
+        self.local_addr = (local_addr, 0) if local_addr else None
         # connect=None: waiting for a free pooled connection is not a connect failure (a fan-out of
         # hundreds of calls to one node queues); the TCP connect itself is bounded by sock_connect.
         self.timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
@@ -99,7 +102,8 @@ class NodeClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self.timeout, auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30))
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30,
+                                               local_addr=self.local_addr))
         return self._session
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
@@ -42,6 +43,7 @@ class NodeConfig:
     scrub_rate_mb: float = 20.0  # MB/s this node's scrub re-reads its shards at
     scrub_interval: float = 3600.0  # seconds between the starts of two scrub passes
     gc_grace: float = 600.0  # seconds before leftovers of a failed or superseded write are removed
+    source_address: str = ""  # local address outgoing node RPC connections are bound to ("": the kernel picks)
     metrics: bool = True  # serve /metrics in Prometheus format
     log_level: str = "info"  # debug, info, warning or error
 
@@ -134,6 +136,12 @@ def node_config_from_dict(raw: dict[str, Any], where: str = "node") -> NodeConfi
             raise ConfigError(f"{where}: field {name!r} must be > 0")
     if cfg.repair_concurrency < 1:
         raise ConfigError(f"{where}: field 'repair_concurrency' must be >= 1")
+    if cfg.source_address:
+        try:
+            ipaddress.ip_address(cfg.source_address)
+        except ValueError:
+            raise ConfigError(f"{where}: field 'source_address' must be an IP address, "
+                              f"got {cfg.source_address!r}") from None
     return cfg
 
 

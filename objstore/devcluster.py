@@ -4,7 +4,7 @@ Layout of the data dir (everything but cluster.json is created on first start an
 
     secret              cluster secret for the node RPC (0600)
     credentials.json    the admin user's access key and secret key (0600)
-    dev.json            down_after, fsync and node settings of the last start (flags override them)
+    dev.json            down_after, fsync, node settings and listen addresses of the last start (flags override them)
     map.json            the cluster map: nodes n1..nN, zones z1..zZ round-robin, ports port+1..port+N
     config/<name>.toml  one config per node and one for the gateway (rewritten on every start)
     nodes/<id>/         node data (shards and records): persists across restarts
@@ -50,6 +50,7 @@ from objstore.devsetup import (
     DevError,
     DevOptions,
     DevSetup,
+    parse_node_listen,
     parse_node_setting,
     prepare,
 )
@@ -226,8 +227,9 @@ class Supervisor:
         child.reported = False
 
     def ready(self, child: Child) -> bool:
-        if child.kind == "node":
-            return probe_node(f"{self.setup.host}:{child.port}", self.setup.secret)
+        if child.kind == "node":  # the node itself, not what may stand at its map address
+            return probe_node(self.setup.node_listen.get(child.name, f"{self.setup.host}:{child.port}"),
+                              self.setup.secret)
         return probe_gateway(self.setup.host, child.port)
 
     def wait_ready(self, children: list[Child]) -> None:
@@ -299,6 +301,7 @@ class Supervisor:
                     "pid": c.proc.pid if c.proc else None,
                     "port": c.port,
                     "address": f"{s.host}:{c.port}",
+                    "listen": s.node_listen.get(c.name, f"{s.host}:{c.port}"),
                     "data_dir": str(s.node_dir(c.name)),
                     "config": str(c.config),
                     "log": str(c.log),
@@ -459,6 +462,13 @@ def _exclusive(data: Path) -> Iterator[None]:
     "--node-setting", "node_settings", multiple=True, metavar="KEY=VALUE", help="Any other node config field (repeat)."
 )
 @click.option(
+    "--node-listen",
+    "node_listen",
+    multiple=True,
+    metavar="ID=HOST:PORT",
+    help="Bind node ID there instead of its map address, its outgoing calls from HOST (repeat; for a proxy).",
+)
+@click.option(
     "--ready-timeout",
     type=click.FloatRange(min=1),
     default=60.0,
@@ -477,6 +487,7 @@ def dev_command(
     down_after: float | None,
     fsync: bool | None,
     node_settings: tuple[str, ...],
+    node_listen: tuple[str, ...],
     ready_timeout: float,
 ) -> None:
     """Run a local cluster: storage nodes in several zones and an S3 gateway, with credentials printed.
@@ -497,6 +508,7 @@ def dev_command(
         down_after=down_after,
         fsync=fsync,
         node_settings=dict(parse_node_setting(s) for s in node_settings) if node_settings else None,
+        node_listen=dict(parse_node_listen(s) for s in node_listen) if node_listen else None,
         ready_timeout=ready_timeout,
     )
     try:

@@ -10,7 +10,7 @@ import json
 import secrets
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,15 @@ def to_toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_node_listen(spec: str) -> tuple[str, str]:
+    """`ID=HOST:PORT` -> (node id, the address that node binds to instead of its map address)."""
+    node_id, sep, address = spec.partition("=")
+    host, _, port = address.rpartition(":")
+    if not sep or not node_id or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{spec!r}: expected ID=HOST:PORT", param_hint="--node-listen")
+    return node_id, address
+
+
 def parse_node_setting(spec: str) -> tuple[str, Any]:
     """`key=value` with a TOML value (`repair_interval=2`, `log_level=debug`) -> (key, value)."""
     key, sep, raw = spec.partition("=")
@@ -86,6 +95,8 @@ class DevOptions:
     down_after: float | None = None
     fsync: bool | None = None
     node_settings: dict[str, Any] | None = None
+    # node id -> host:port it listens on when a proxy holds its map address (tests that cut the network)
+    node_listen: dict[str, str] | None = None
     ready_timeout: float = 60.0
 
 
@@ -102,6 +113,8 @@ class DevSetup:
     port: int
     node_configs: dict[str, Path]
     gateway_config: Path
+    node_listen: dict[str, str] = field(default_factory=dict)  # node id -> the address it binds (its map address
+    # unless --node-listen said otherwise)
 
     @property
     def map_path(self) -> Path:
@@ -198,17 +211,25 @@ def prepare(opts: DevOptions) -> DevSetup:
     down_after = opts.down_after if opts.down_after is not None else saved.get("down_after", DEFAULT_DOWN_AFTER)
     fsync = opts.fsync if opts.fsync is not None else saved.get("fsync", True)
     settings = opts.node_settings if opts.node_settings is not None else saved.get("node_settings", {})
+    listen_at = opts.node_listen if opts.node_listen is not None else saved.get("node_listen", {})
+    unknown = set(listen_at) - {n.id for n in cmap.nodes}
+    if unknown:
+        raise DevError(f"--node-listen names nodes that are not in the map: {', '.join(sorted(unknown))}")
     write_file_atomic(
-        dev_path, json.dumps({"down_after": down_after, "fsync": fsync, "node_settings": settings}, indent=2).encode()
+        dev_path,
+        json.dumps(
+            {"down_after": down_after, "fsync": fsync, "node_settings": settings, "node_listen": listen_at}, indent=2
+        ).encode(),
     )
 
     node_configs: dict[str, Path] = {}
+    node_listen: dict[str, str] = {}
     for n in cmap.nodes:
         if n.state == "removed":
             continue
         doc: dict[str, Any] = {
             "id": n.id,
-            "listen": n.address,
+            "listen": listen_at.get(n.id, n.address),
             "data_dir": str(root / "nodes" / n.id),
             "secret": secret,
             "map": str(map_path),
@@ -216,6 +237,10 @@ def prepare(opts: DevOptions) -> DevSetup:
             "down_after": float(down_after),
             **settings,
         }
+        if n.id in listen_at:
+            # Its calls leave from the address it listens on, so what holds its map address can tell who calls.
+            doc["source_address"] = listen_at[n.id].rpartition(":")[0]
+        node_listen[n.id] = doc["listen"]
         node_config_from_dict(doc, f"node {n.id}")  # a bad --node-setting fails here, not in a child's log
         (root / "nodes" / n.id).mkdir(exist_ok=True)
         path = root / "config" / f"{n.id}.toml"
@@ -237,4 +262,6 @@ def prepare(opts: DevOptions) -> DevSetup:
     }
     gateway_config_from_dict(gw_doc)
     write_file_atomic(gw_path, to_toml(gw_doc).encode())
-    return DevSetup(root, secret, creds["access_key"], creds["secret_key"], cmap, host, port, node_configs, gw_path)
+    return DevSetup(
+        root, secret, creds["access_key"], creds["secret_key"], cmap, host, port, node_configs, gw_path, node_listen
+    )

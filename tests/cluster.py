@@ -116,6 +116,7 @@ class NodeProc:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None  # set when the test (not `objstore dev`) started this process
+    listen: str = ""  # the address the process binds, when not `address` (a proxy holds that one)
 
     @property
     def alive(self) -> bool:
@@ -226,7 +227,8 @@ class DevCluster:
         return NodeClient(self.secret, **kwargs)
 
     def node_ready(self, node_id: str) -> bool:
-        return probe_node(self.node(node_id).address, self.secret)
+        node = self.node(node_id)
+        return probe_node(node.listen or node.address, self.secret)
 
     def gateway_ready(self) -> bool:
         gw = self.require_gateway()
@@ -323,6 +325,8 @@ def start_dev_cluster(
     fsync: bool = False,
     block_size: int | None = None,
     node_settings: dict[str, Any] | None = None,
+    node_listen: dict[str, str] | None = None,
+    port: int | None = None,
     data_dir: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = START_TIMEOUT,
@@ -332,22 +336,26 @@ def start_dev_cluster(
 
     With `data_dir` of an earlier cluster, the cluster restarts on that dir with its ports, map and
     credentials (only `down_after`, `fsync` and `node_settings` are passed again). `env` adds environment
-    variables for `objstore dev` and its children.
+    variables for `objstore dev` and its children. `port` fixes the S3 port (nodes on the next ones: the
+    caller holds them free) instead of drawing free ports; `node_listen` binds nodes elsewhere than their
+    map address (`objstore dev --node-listen`).
     """
     data_dir = data_dir or workdir / "data"
     reuse = (data_dir / "map.json").exists()
     last_error = ""
-    for attempt in range(1, (1 if reuse else attempts) + 1):
+    for attempt in range(1, (1 if reuse or port is not None else attempts) + 1):
         argv = [sys.executable, "-m", "objstore.cli", "dev", "--data", str(data_dir), "--down-after", str(down_after)]
         argv += ["--fsync" if fsync else "--no-fsync", "--ready-timeout", str(timeout)]
         if not reuse:
-            base = free_port_range(nodes + 1)
+            base = port if port is not None else free_port_range(nodes + 1)
             argv += ["--nodes", str(nodes), "--zones", str(zones), "--k", str(k), "--m", str(m)]
             argv += ["--port", str(base), "--host", LOOPBACK]
             if block_size is not None:
                 argv += ["--block-size", str(block_size)]
         for key, value in (node_settings or {}).items():
             argv += ["--node-setting", f"{key}={json.dumps(value)}"]
+        for node_id, address in (node_listen or {}).items():
+            argv += ["--node-listen", f"{node_id}={address}"]
         dev_log = workdir / f"dev-{attempt}.log" if attempt > 1 else workdir / "dev.log"
         with open(dev_log, "ab") as log:
             proc = subprocess.Popen(
@@ -391,6 +399,7 @@ def _handle(
             data_dir=Path(n["data_dir"]),
             config=Path(n["config"]),
             log=Path(n["log"]),
+            listen=n.get("listen", ""),
         )
         for n in info["nodes"]
     ]

@@ -20,7 +20,7 @@ from objstore.cli import cli
 from objstore.cluster import ClusterMap
 from objstore.config import ConfigError, load_gateway_config, load_node_config
 from objstore.devcluster import child_env, module_runnable
-from objstore.devsetup import DevError, DevOptions, parse_node_setting, prepare, to_toml
+from objstore.devsetup import DevError, DevOptions, parse_node_listen, parse_node_setting, prepare, to_toml
 from tests.cluster import pid_gone
 
 
@@ -109,6 +109,26 @@ def test_bad_node_setting_values_fail_before_anything_starts(tmp_path: Path) -> 
 def test_node_setting_rejects_unknown_and_generated_fields(spec: str) -> None:
     with pytest.raises(click.BadParameter):
         parse_node_setting(spec)
+
+
+def test_node_listen_binds_a_node_off_its_map_address(tmp_path: Path) -> None:
+    setup = prepare(DevOptions(data=tmp_path, port=22000, node_listen={"n2": "127.0.0.12:31000"}))
+    moved, kept = load_node_config(setup.node_configs["n2"]), load_node_config(setup.node_configs["n3"])
+    assert (moved.listen, moved.source_address) == ("127.0.0.12:31000", "127.0.0.12")
+    assert (kept.listen, kept.source_address) == ("127.0.0.1:22003", "")
+    assert setup.cmap.node("n2").address == "127.0.0.1:22002"  # the map still advertises the usual address
+    assert setup.node_listen["n2"] == "127.0.0.12:31000" and setup.node_listen["n3"] == "127.0.0.1:22003"
+    assert prepare(DevOptions(data=tmp_path)).node_listen["n2"] == "127.0.0.12:31000"  # kept in dev.json
+    with pytest.raises(DevError, match="n9"):
+        prepare(DevOptions(data=tmp_path, node_listen={"n9": "127.0.0.19:31000"}))
+    with pytest.raises(ConfigError, match="source_address"):
+        prepare(DevOptions(data=tmp_path, node_settings={"source_address": "localhost"}))
+
+
+@pytest.mark.parametrize("spec", ["n1", "n1=127.0.0.11", "=127.0.0.11:1", "n1=127.0.0.11:0", "n1=:80"])
+def test_node_listen_rejects_malformed_specs(spec: str) -> None:
+    with pytest.raises(click.BadParameter):
+        parse_node_listen(spec)
 
 
 def test_toml_roundtrip() -> None:
