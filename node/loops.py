@@ -1,9 +1,11 @@
-"""The node's background loops: heartbeats and map gossip, anti-entropy repair of the partitions it leads, scrub."""
+"""The node's background loops: heartbeats and map gossip, anti-entropy repair of the partitions it leads, scrub,
+and the removal of shards whose upload was never committed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -12,6 +14,7 @@ from objstore.client import NodeClient
 from objstore.cluster import NodeInfo
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
+from objstore.records import KVRecord
 from objstore.repair import Repairer, Throttle
 from objstore.view import ClusterView
 
@@ -21,6 +24,13 @@ if TYPE_CHECKING:
     from node.server import Node
 
 log = logging.getLogger("objstore.node.loops")
+
+PART_BLOB = re.compile(r"(?P<upload>[0-9a-f]{32})-(?P<number>\d{5})-[0-9a-f]+")
+"""Blob id of a multipart part (gateway/s3multipart.py): the upload id, the part number, a random suffix."""
+PARTS_NS = "part"
+"""KV namespace of multipart parts: `<upload id>\\0<part number>` names the part's blob while the upload runs."""
+LOOKUP_TIMEOUT = 5.0
+"""Seconds a peer may take to answer whether it still needs a shard before the shard is kept for now."""
 
 
 class Loops:
@@ -40,6 +50,8 @@ class Loops:
         self.repair_running = False
         self.repair_passes = 0
         self.scrub = {"passes": 0, "bytes": 0, "shards": 0, "corrupt": 0, "running": False}
+        self.gc = {"passes": 0, "pending_removed": 0, "pending_kept": 0}
+        self._pending_seen: dict[tuple[str, int], float] = {}  # (blob, shard) -> monotonic time first seen pending
         self.kick = asyncio.Event()
 
     def alive(self, n: NodeInfo) -> bool:
@@ -47,7 +59,7 @@ class Loops:
 
     def start(self) -> list[asyncio.Task[Any]]:
         return [asyncio.create_task(self.heartbeat()), asyncio.create_task(self.repair_loop()),
-                asyncio.create_task(self.scrub_loop())]
+                asyncio.create_task(self.scrub_loop()), asyncio.create_task(self.pending_gc_loop())]
 
     async def close(self) -> None:
         await self.background.close(timeout=1.0)
@@ -57,7 +69,7 @@ class Loops:
     def report(self) -> dict[str, Any]:
         stats = self.repairer.stats if self.repair_running else self.repairer.last
         return {"repair": {**stats.to_dict(), "running": self.repair_running, "passes": self.repair_passes},
-                "scrub": dict(self.scrub)}
+                "scrub": dict(self.scrub), "gc": dict(self.gc)}
 
     async def heartbeat(self) -> None:
         """Ping every peer; learn newer maps from them (gossip), remember when each last answered."""
@@ -121,6 +133,8 @@ class Loops:
                         await throttle(row.block_size)
                         self.scrub["bytes"] += row.block_size
                 except (CorruptShard, FileNotFoundError) as e:
+                    if await node.sql(node.store.blob, row.blob, row.shard) is None:
+                        continue  # removed since the pass began (a deleted version, an upload never committed)
                     found += 1
                     log.warning("scrub: %s", e)
                 self.scrub["shards"] += 1
@@ -130,3 +144,71 @@ class Loops:
             if found:
                 self.kick.set()
             await asyncio.sleep(node.cfg.scrub_interval)
+
+    async def pending_gc_loop(self) -> None:
+        """Every repair interval, remove the shards whose upload was never committed (see collect_pending)."""
+        await asyncio.sleep(min(self.node.cfg.repair_interval, 3 * self.node.cfg.heartbeat_interval + 1))
+        while True:
+            try:
+                await self.collect_pending()
+            except Exception:
+                log.exception("pending shard collection failed")
+            await asyncio.sleep(self.node.cfg.repair_interval)
+
+    async def collect_pending(self) -> int:
+        """Remove pending shards older than `pending_grace`; returns how many went.
+
+        A shard is pending from its upload until a record names it. One still pending after the grace
+        belongs to a write whose gateway died or gave up before the commit (a failed cleanup leaves the
+        same), or to a multipart part: those stay while their upload's part record names them.
+        The grace is measured by the shard's time and by this process's monotonic clock, so a wall clock
+        that jumps ahead never removes an upload in progress.
+        """
+        node = self.node
+        grace = node.cfg.pending_grace
+        rows = await node.sql(node.store.pending_blobs)
+        now = time.monotonic()
+        self._pending_seen = {(r.blob, r.shard): self._pending_seen.get((r.blob, r.shard), now) for r in rows}
+        made_before = time.time_ns() - int(grace * 1e9)
+        removed = kept = 0
+        for row in rows:
+            if row.created >= made_before or now - self._pending_seen[(row.blob, row.shard)] < grace:
+                continue
+            if not await self._unclaimed(row.blob):
+                kept += 1
+                continue
+            if await node.run(node.store.drop_pending_blob, row.blob, row.shard, made_before):
+                removed += 1
+                self._pending_seen.pop((row.blob, row.shard), None)
+                log.info("removed shard %s.%d: never committed", row.blob, row.shard,
+                         extra={"blob": row.blob, "shard": row.shard})
+        self.gc["passes"] += 1
+        self.gc["pending_removed"] += removed
+        self.gc["pending_kept"] = kept
+        return removed
+
+    async def _unclaimed(self, blob: str) -> bool:
+        """True unless the blob is a multipart part that its upload may still complete with.
+
+        The part records of an upload live on its key's owners, under whichever map was current then:
+        every node is asked, and the blob is unclaimed only if all of them answered and the newest part
+        record of that number (if any) is a tombstone or names another blob (the part was uploaded again).
+        """
+        m = PART_BLOB.fullmatch(blob)
+        if m is None:
+            return True
+        name = f"{m['upload']}\0{m['number']}"
+        node = self.node
+        peers = [n for n in node.cmap.nodes if n.state != "removed" and n.id != node.cfg.id]
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                answers = await asyncio.gather(node.sql(node.store.get_kv, PARTS_NS, name),
+                                               *(self.client.get_kv(n, PARTS_NS, name) for n in peers),
+                                               return_exceptions=True)
+        except TimeoutError:
+            return False
+        if any(isinstance(a, BaseException) for a in answers):
+            return False  # a node that cannot answer may hold the record that claims the part
+        records = [r for r in answers if isinstance(r, KVRecord)]
+        newest = max(records, key=lambda r: r.version) if records else None
+        return newest is None or newest.deleted or newest.value.get("blob") != blob

@@ -227,6 +227,42 @@ class Store:
         self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
         return str(row[0])
 
+    # -- garbage: uploads never committed --------------------------------------------------------
+
+    @on_sql_thread
+    def pending_blobs(self) -> list[BlobRow]:
+        """Every shard no record names yet: an upload in progress, a multipart part, or a write that died."""
+        return [_blob_row(r) for r in self._db.execute("SELECT * FROM blobs WHERE state = 'pending'")]
+
+    def drop_pending_blob(self, blob: str, shard: int, made_before_ns: int) -> bool:
+        """Remove a shard that is still pending and was made before `made_before_ns` (wall clock, ns).
+
+        Nothing goes if a record named the shard meanwhile (it is committed then), or if its file is
+        newer than the row that was judged (the same shard uploaded again since).
+        """
+        path = self._forget_pending(blob, shard, made_before_ns)
+        if path is None:
+            return False
+        unlink_shard(self.root / path)
+        return True
+
+    @on_sql_thread
+    def _forget_pending(self, blob: str, shard: int, made_before_ns: int) -> str | None:
+        db = self._db
+        row = db.execute("SELECT path FROM blobs WHERE blob=? AND shard=? AND state='pending' AND created < ?",
+                         (blob, shard, made_before_ns)).fetchone()
+        if row is None or db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
+                                     (blob, shard)).fetchone():
+            return None
+        try:
+            # A re-upload renames its file into place before its row replaces this one.
+            if os.stat(self.root / row[0]).st_mtime_ns >= made_before_ns:
+                return None
+        except FileNotFoundError:
+            pass
+        db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
+        return str(row[0])
+
     # -- object records -------------------------------------------------------------------------
 
     def put_record(self, rec: ObjectRecord) -> None:
@@ -305,6 +341,13 @@ class Store:
         return self._readable(self._db.execute(
             "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=? AND key=? AND version=? "
             "ORDER BY shard", (bucket, key, version)).fetchall())
+
+    @on_sql_thread
+    def older_versions(self, bucket: str, key: str, version: str, limit: int) -> list[str]:
+        """Up to `limit` versions of a key held here that are older than `version`, newest first."""
+        return [v for (v,) in self._db.execute(
+            "SELECT DISTINCT version FROM objects WHERE bucket=? AND key=? AND version<? ORDER BY version DESC "
+            "LIMIT ?", (bucket, key, version, limit))]
 
     @on_sql_thread
     def versions(self, bucket: str, key: str) -> list[ObjectRecord]:

@@ -43,6 +43,7 @@ class NodeConfig:
     scrub_rate_mb: float = 20.0  # MB/s this node's scrub re-reads its shards at
     scrub_interval: float = 3600.0  # seconds between the starts of two scrub passes
     gc_grace: float = 600.0  # seconds before leftovers of a failed or superseded write are removed
+    pending_grace: float = 86400.0  # seconds before a shard no record names (an upload never committed) is removed
     source_address: str = ""  # local address outgoing node RPC connections are bound to ("": the kernel picks)
     metrics: bool = True  # serve /metrics in Prometheus format
     log_level: str = "info"  # debug, info, warning or error
@@ -131,7 +132,8 @@ def node_config_from_dict(raw: dict[str, Any], where: str = "node") -> NodeConfi
         raise ConfigError(f"{where}: field 'secret' must not be empty (or set OBJSTORE_SECRET)")
     if not cfg.map and not cfg.seeds:
         raise ConfigError(f"{where}: set field 'map' or 'seeds'")
-    for name in ("down_after", "heartbeat_interval", "repair_interval", "repair_bandwidth_mb", "scrub_rate_mb"):
+    for name in ("down_after", "heartbeat_interval", "repair_interval", "repair_bandwidth_mb", "scrub_rate_mb",
+                 "pending_grace"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{where}: field {name!r} must be > 0")
     if cfg.repair_concurrency < 1:
