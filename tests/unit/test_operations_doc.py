@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from gateway.server import UsersCollector
 from node.metrics import NodeCollector
 from objstore.bench import bench_command, parser
 from objstore.cluster import ClusterMap, ECProfile, NodeInfo
+from objstore.config import GatewayConfig, NodeConfig
 from objstore.metrics import ProcessMetrics
 from objstore.users import UserDirectory
 from objstore.view import ClusterView
@@ -116,6 +118,24 @@ def test_every_metric_named_in_the_runbook_exists() -> None:
     named = set(re.findall(r"\bobjstore_[a-z0-9_]+", DOC.read_text()))
     assert len(named) >= 15
     assert named <= real, f"operations.md names metrics that do not exist: {sorted(named - real)}"
+
+
+# ---------------------------------------------------------------- settings and status fields
+
+
+def test_every_setting_and_status_field_named_in_the_runbook_exists() -> None:
+    """A backticked snake_case word is a node or gateway setting, a field of `objstore status --json` or of a log
+    line, or a PromQL function."""
+    settings = {f.name for cls in (NodeConfig, GatewayConfig) for f in fields(cls)}
+    status_fields = {node.value for module in ("ops.py", "logs.py")
+                     for node in ast.walk(ast.parse((ROOT / "objstore" / module).read_text()))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    status_fields |= {"histogram_quantile"}
+    words = re.findall(r"`([a-z]+_[a-z_.]+)`", DOC.read_text())
+    assert len(words) >= 10
+    unknown = [w for w in words if not w.startswith("objstore_")
+               and not all(part in settings | status_fields for part in w.split("."))]
+    assert not unknown, f"operations.md names settings or status fields that do not exist: {unknown}"
 
 
 # ---------------------------------------------------------------- log messages
