@@ -294,11 +294,11 @@ async def complete_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
         etag=etag, content_type=meta["content_type"], headers=meta["headers"], meta=meta["meta"],
         checksum=object_checksum, parts=[r for r, _ in refs], created=version_time_ns(version), multipart=True)
     try:
-        await gw.io.commit(ring, partition, template, refs)
+        done = await gw.io.commit(ring, partition, template, refs)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes committed: {e}") from None
     await _forget(gw, bucket, upload, list(stored.values()), keep_blobs={p["blob"] for p in chosen})
-    versioning.retire_older(gw, bucket, upload.key, version)
+    versioning.retire_older(gw, bucket, done)
     headers = {}
     if (v := versioning.shown_on_write(bucket, version)) is not None:
         headers["x-amz-version-id"] = v

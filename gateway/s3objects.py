@@ -93,13 +93,13 @@ async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncItera
             bucket=bucket.name, key=key, version=version, shard=0, ec=ring.ec, size=blob.size, etag=etag,
             content_type=meta.content_type, headers=meta.headers, meta=meta.meta, checksum=sums,
             parts=[PartRef(1, blob.size, etag, blob.blob)], created=version_time_ns(version))
-        await gw.io.commit(ring, partition, template, [(template.parts[0], blob)])
+        done = await gw.io.commit(ring, partition, template, [(template.parts[0], blob)])
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes committed: {e}") from None
     except BaseException:
         await gw.io.discard(blob)
         raise
-    versioning.retire_older(gw, bucket, key, version)
+    versioning.retire_older(gw, bucket, done)
     return template
 
 
@@ -242,10 +242,10 @@ async def delete_key(gw: Gateway, bucket: Bucket, key: str, version_id: str | No
     template = ObjectRecord(bucket=bucket.name, key=key, version=version, shard=0, ec=ring.ec, deleted=True,
                             created=version_time_ns(version))
     try:
-        await gw.io.commit(ring, partition, template, [])
+        done = await gw.io.commit(ring, partition, template, [])
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"delete not durable: {e}") from None
-    versioning.retire_older(gw, bucket, key, version)
+    versioning.retire_older(gw, bucket, done)
     return True, versioning.shown(bucket, version)
 
 

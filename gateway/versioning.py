@@ -13,6 +13,7 @@ from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.server import Gateway
 from objstore.listing import MergedListing
+from objstore.objects import Committed
 from objstore.versions import is_version, new_version
 
 NULL = "null"
@@ -50,16 +51,18 @@ def check_version_id(version_id: str, name: str = "versionId") -> None:
                       extra={"ArgumentName": name, "ArgumentValue": version_id})
 
 
-def retire_older(gw: Gateway, bucket: Bucket, key: str, keep: str) -> None:
-    """After `keep` is committed, remove what it replaced (in the background, owned by the gateway).
+def retire_older(gw: Gateway, bucket: Bucket, done: Committed) -> None:
+    """After a commit, remove what it replaced (in the background, owned by the gateway).
 
     Never versioned: every older version. Suspended: the older null versions. Enabled: nothing.
+    Only the nodes that told the commit they hold an older version are called.
     """
     if bucket.versioning == "Enabled":
         return
+    rec = done.record
     ring = gw.view.ring(bucket.pool)
     only = is_null if bucket.versioning == "Suspended" else None
-    gw.background.spawn(gw.io.prune(ring, bucket.name, key, keep=keep, only=only))
+    gw.background.spawn(gw.io.prune(ring, bucket.name, rec.key, keep=rec.version, only=only, seen=done))
 
 
 async def null_version(gw: Gateway, bucket: Bucket, key: str) -> str | None:

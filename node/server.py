@@ -35,6 +35,8 @@ WRITE_BATCH = 1 << 20
 READ_BATCH = 1 << 20
 """Bytes of verified blocks read per job when serving a shard; the next batch is read while this one is sent."""
 MAX_BLOCK_SIZE = 64 << 20
+OLDER_VERSIONS_SHOWN = 100
+"""Older versions of a key a put_record answer names at most (a versioned key may have thousands)."""
 COUNTS_TTL = 5.0
 """Seconds /health reuses the record and blob counts: peers ask every second, counting is a table scan."""
 FAULT_DELAY = float(os.environ.get("OBJSTORE_FAULT_DELAY", "0") or 0)
@@ -260,10 +262,17 @@ async def delete_blob(request: web.Request) -> web.Response:
 
 
 async def put_record(request: web.Request) -> web.Response:
+    """Store a record; the answer names the older versions of its key held here, so a writer that
+    retires them knows where to go (omitted past OLDER_VERSIONS_SHOWN: the writer asks /versions)."""
     node = request.app[NODE]
     rec = ObjectRecord.unpack(await request.read())
-    await node.run(node.store.put_record, rec)
-    return _packed({"ok": True})
+
+    def commit() -> list[str]:
+        node.store.put_record(rec)
+        return node.store.older_versions(rec.bucket, rec.key, rec.version, OLDER_VERSIONS_SHOWN + 1)
+
+    older = await node.run(commit)
+    return _packed({"ok": True, **({"older": older} if len(older) <= OLDER_VERSIONS_SHOWN else {})})
 
 
 async def get_record(request: web.Request) -> web.Response:

@@ -180,8 +180,11 @@ class NodeClient:
         result = await self._unpack(node, "DELETE", _blob_path(blob, shard), {"force": "1" if force else None})
         return bool(result["deleted"])
 
-    async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> None:
-        await self._call(node, "PUT", "/record", data=rec.pack())
+    async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> list[str] | None:
+        """Store a record; returns the older versions of its key the node holds (None if it did not say)."""
+        reply = await self._unpack(node, "PUT", "/record", data=rec.pack())
+        older = reply.get("older") if isinstance(reply, dict) else None
+        return [str(v) for v in older] if isinstance(older, list) else None
 
     async def get_record(self, node: NodeInfo, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         """The node's records (one per shard it holds) of the newest version, or of `version`."""

@@ -1,4 +1,4 @@
-"""Erasure-coded objects on the nodes: write blobs and commit records, find the visible version, read with degraded and hedged reads."""
+"""Erasure-coded objects on the nodes: write blobs and commit records, retire old versions, rebuild lost shards."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from objstore import codec
-from objstore.client import NodeClient, NodeError
+from objstore.client import NodeError
 from objstore.cluster import ECProfile, NodeInfo
-from objstore.quorum import Background, QuorumError, quorum
-from objstore.reader import PartReader, ReadFailed, ShardSource
+from objstore.quorum import QuorumError, quorum
+from objstore.reader import ObjectReader, ObjectVersion, PartReader, ReadFailed
 from objstore.records import ObjectRecord, PartRef
 from objstore.ring import Ring
-from objstore.view import ClusterView
+
+__all__ = ["BlobWrite", "Committed", "ObjectIO", "ObjectVersion", "ReadFailed", "ShardWrite", "WriteFailed"]
 
 log = logging.getLogger("objstore.objects")
 
@@ -60,48 +60,16 @@ class BlobWrite:
 
 
 @dataclass
-class ObjectVersion:
-    """A visible version of an object: its metadata and, per part, where each shard index can be read."""
+class Committed:
+    """A committed version, and what its commit learnt: per node, the older versions of the key it holds."""
 
-    record: ObjectRecord  # metadata (any of the version's records; per-shard fields are meaningless)
-    holders: list[tuple[NodeInfo, ObjectRecord]]
-
-    @property
-    def deleted(self) -> bool:
-        return self.record.deleted
-
-    def sources(self, part_number: int) -> dict[int, list[ShardSource]]:
-        """Shard index -> places holding that shard of the part (owners first, then handoffs)."""
-        out: dict[int, list[ShardSource]] = defaultdict(list)
-        for node, rec in sorted(self.holders, key=lambda h: h[1].handoff):
-            for p in rec.parts:
-                if p.number == part_number and p.present:
-                    out[rec.shard].append(ShardSource(rec.shard, node, p))
-        return out
+    record: ObjectRecord
+    older: dict[str, tuple[NodeInfo, list[str] | None]] = field(default_factory=dict)
+    """node id -> (node, older versions it holds; None if it did not say)."""
 
 
-def visible_versions(records: list[tuple[NodeInfo, ObjectRecord]], k: int) -> list[ObjectVersion]:
-    """Group records by version, newest first, keeping those with at least k distinct shard indexes."""
-    by_version: dict[str, list[tuple[NodeInfo, ObjectRecord]]] = defaultdict(list)
-    for node, rec in records:
-        by_version[rec.version].append((node, rec))
-    out = []
-    for version in sorted(by_version, reverse=True):
-        holders = by_version[version]
-        if len({r.shard for _, r in holders}) >= min(k, holders[0][1].ec.k):
-            out.append(ObjectVersion(holders[0][1], holders))
-    return out
-
-
-class ObjectIO:
-    """Reads and writes objects across the cluster; shared by gateways and the repair loop."""
-
-    def __init__(self, view: ClusterView, client: NodeClient, executor: Executor | None = None,
-                 background: Background | None = None) -> None:
-        self.view = view
-        self.client = client
-        self.executor = executor
-        self.background = background or Background()
+class ObjectIO(ObjectReader):
+    """Reads (ObjectReader) and writes objects across the cluster; shared by gateways and the repair loop."""
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -272,11 +240,12 @@ class ObjectIO:
             log.debug("cleanup failed: %s", e)
 
     async def commit(self, ring: Ring, partition: int, template: ObjectRecord,
-                     parts: list[tuple[PartRef, BlobWrite]]) -> ObjectRecord:
+                     parts: list[tuple[PartRef, BlobWrite]]) -> Committed:
         """Write the version's records: one per (node, shard index) that holds a shard of any part.
 
-        Returns once every target answered; raises WriteFailed (after removing what was committed)
-        if fewer than k+1 distinct shard indexes were committed.
+        Returns once every target answered, with the older versions each node said it holds; raises
+        WriteFailed (after removing what was committed) if fewer than k+1 distinct shard indexes were
+        committed.
         """
         ec = ring.ec
         targets: dict[tuple[str, int], tuple[NodeInfo, bool]] = {}
@@ -308,15 +277,15 @@ class ObjectIO:
 
         _, spares = self._targets(ring, partition)
 
-        async def put(key: tuple[str, int]) -> None:
+        async def put(key: tuple[str, int]) -> tuple[NodeInfo, list[str] | None]:
             node, rec = targets[key][0], records[key]
             if any(p.inline is None for p in rec.parts):  # its blobs are on that node: nowhere else will do
-                await self._timed(node, self.client.put_record(node, rec))
-                return
+                return node, await self._timed(node, self.client.put_record(node, rec))
 
-            async def attempt(n: NodeInfo) -> None:  # inline shards and markers can land on a handoff
-                await self.client.put_record(n, replace(rec, handoff=rec.handoff or n.id != node.id))
-            await self._with_handoff(key[1], node, spares, attempt)
+            async def attempt(n: NodeInfo) -> list[str] | None:  # inline shards and markers can land on a handoff
+                return await self.client.put_record(n, replace(rec, handoff=rec.handoff or n.id != node.id))
+            landed, older, _ = await self._with_handoff(key[1], node, spares, attempt)
+            return landed, older
 
         try:
             done = await quorum(keys, put, need=len(keys), parallel=len(keys), settle=True)
@@ -324,11 +293,15 @@ class ObjectIO:
             done = e.successes
         committed = {key[1] for key, _ in done}
         if len(committed) < min(ec.width, ec.k + 1):
-            for key, _ in done:
+            for _, (node, _) in done:
                 self.background.spawn(self._quiet(self.client.delete_record(
-                    targets[key][0], template.bucket, template.key, template.version)))
+                    node, template.bucket, template.key, template.version)))
             raise WriteFailed(f"{len(committed)} shard records committed, need {ec.k + 1}")
-        return template
+        out = Committed(template)
+        for _, (node, older) in done:
+            known = out.older.get(node.id, (node, []))[1]
+            out.older[node.id] = (node, None if older is None or known is None else sorted({*known, *older}))
+        return out
 
     # -- removing ----------------------------------------------------------------------------------
 
@@ -342,112 +315,30 @@ class ObjectIO:
                                   lambda n: self.client.delete_record(n, bucket, key, version))
 
     async def prune(self, ring: Ring, bucket: str, key: str, keep: str,
-                    only: Callable[[str], bool] | None = None) -> None:
+                    only: Callable[[str], bool] | None = None, seen: Committed | None = None) -> None:
         """Remove the versions older than `keep` (unversioned buckets keep only the newest).
 
         With `only`, just the older versions it accepts (a versioning-suspended bucket retires its
-        older "null" versions and keeps the others).
+        older "null" versions and keeps the others). With `seen`, the commit of `keep`: only the
+        versions its nodes said they hold are removed, so a new key costs no call at all. Copies on
+        nodes the commit did not write to (handoffs, old owners) are left to repair, which removes a
+        superseded version once the newer one is whole and past the grace period.
         """
-        async def prune_node(node: NodeInfo) -> None:
-            for rec in await self.client.get_versions(node, bucket, key):
-                if rec.version < keep and (only is None or only(rec.version)):
-                    await self.client.delete_record(node, bucket, key, rec.version)
-        await self._on_every_node(ring, ring.partition_of(bucket, key), prune_node)
+        def wanted(version: str) -> bool:
+            return version < keep and (only is None or only(version))
 
-    # -- finding -----------------------------------------------------------------------------------
+        async def prune_node(node: NodeInfo, versions: list[str] | None) -> None:
+            if versions is None:  # the node did not say what it holds
+                versions = sorted({r.version for r in await self.client.get_versions(node, bucket, key)})
+            for version in versions:
+                if wanted(version):
+                    await self.client.delete_record(node, bucket, key, version)
 
-    async def find(self, ring: Ring, bucket: str, key: str, version: str | None = None) -> ObjectVersion | None:
-        """The newest visible version of a key (or the given version), or None."""
-        partition = ring.partition_of(bucket, key)
-        ec = ring.ec
-        owners = self.view.by_availability(ring.owners(partition))
-        need = max(1, min(len(owners), ec.k))
-
-        async def newest(node: NodeInfo) -> tuple[NodeInfo, list[ObjectRecord]]:
-            return node, await self._timed(node, self.client.get_record(node, bucket, key, version))
-
-        try:
-            answers = await quorum(owners, newest, need=need, parallel=len(owners), background=self.background)
-        except QuorumError as e:
-            answers = e.successes
-        records = [(n, r) for _, (n, recs) in answers for r in recs]
-        found = visible_versions(records, ec.k)
-        if found and found[0].record.version == max(r.version for _, r in records):
-            return await self._complete(ring, partition, found[0])
-        if not records and len(answers) >= need:
-            return None
-        # The newest version seen is not visible among these answers: ask every node, every version.
-        return await self._find_everywhere(ring, partition, bucket, key, version)
-
-    async def _complete(self, ring: Ring, partition: int, found: ObjectVersion) -> ObjectVersion:
-        """Add the holders the first answers missed, so a degraded read has every shard to choose from."""
-        seen = {(n.id, r.shard) for n, r in found.holders}
-        if len({r.shard for _, r in found.holders}) >= found.record.ec.width:
-            return found
-        full = await self._find_everywhere(ring, partition, found.record.bucket, found.record.key,
-                                           found.record.version, timeout=self.view.hedge_delay())
-        if full is None:
-            return found
-        extra = [(n, r) for n, r in full.holders if (n.id, r.shard) not in seen]
-        return ObjectVersion(found.record, found.holders + extra)
-
-    async def _find_everywhere(self, ring: Ring, partition: int, bucket: str, key: str,
-                               version: str | None, timeout: float | None = None) -> ObjectVersion | None:
-        # Every node of the pool that may hold data: handoffs, and old owners during a migration.
-        nodes = self.view.by_availability(n for n in ring.map.pool_nodes(ring.pool.name) if n.state != "removed")
-
-        async def versions(node: NodeInfo) -> list[tuple[NodeInfo, ObjectRecord]]:
-            if version is not None:
-                return [(node, r) for r in await self._timed(node, self.client.get_record(node, bucket, key, version))]
-            return [(node, r) for r in await self._timed(node, self.client.get_versions(node, bucket, key))]
-
-        calls = [versions(n) for n in nodes]
-        if timeout is not None:
-            results = await asyncio.gather(*(asyncio.wait_for(c, timeout) for c in calls), return_exceptions=True)
-        else:
-            results = await asyncio.gather(*calls, return_exceptions=True)
-        records = [x for r in results if isinstance(r, list) for x in r]
-        found = visible_versions(records, ring.ec.k)
-        return found[0] if found else None
-
-    async def _timed(self, node: NodeInfo, aw: Any) -> Any:
-        started = time.monotonic()
-        try:
-            result = await aw
-        except (NodeError, OSError, asyncio.TimeoutError):
-            self.view.record_failure(node)
-            raise
-        self.view.record_success(node, time.monotonic() - started)
-        return result
-
-    # -- reading -----------------------------------------------------------------------------------
-
-    async def read(self, obj: ObjectVersion, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """Stream object bytes [offset, offset+length), part by part, stripe by stripe."""
-        rec = obj.record
-        end = rec.size if length is None else min(rec.size, offset + length)
-        part_start = 0
-        for part in rec.parts:
-            part_end = part_start + part.size
-            if part_end > offset and part_start < end:
-                lo = max(offset, part_start) - part_start
-                hi = min(end, part_end) - part_start
-                async for chunk in self._read_part(obj, part, lo, hi - lo):
-                    yield chunk
-            part_start = part_end
-            if part_start >= end:
-                break
-
-    async def _read_part(self, obj: ObjectVersion, part: PartRef, offset: int, length: int) -> AsyncIterator[bytes]:
-        if length <= 0:
+        if seen is None:
+            await self._on_every_node(ring, ring.partition_of(bucket, key), lambda n: prune_node(n, None))
             return
-        ec = obj.record.ec
-        reader = PartReader(self.client, self.view, self.executor, obj.sources(part.number), part, ec, offset, length)
-        try:
-            async for chunk in reader.stream():
-                yield chunk
-        finally:
-            await reader.close()
+        await asyncio.gather(*(self._quiet(prune_node(node, versions)) for node, versions in seen.older.values()
+                               if versions is None or any(wanted(v) for v in versions)))
 
     # -- rebuilding (repair) -------------------------------------------------------------------------
 
@@ -458,6 +349,9 @@ class ObjectIO:
         Each target receives its rebuilt blobs, then its record. Returns the (index, node) pairs done.
         `throttle(nbytes)` is awaited for every rebuilt block, so repair can cap its bandwidth.
         """
+        if obj.ring is None:
+            obj.ring = ring
+        await self.complete(obj)  # a rebuild reads from any k shards: it wants every one to choose from
         rec = obj.record
         ec = rec.ec
         partition = ring.partition_of(rec.bucket, rec.key)
@@ -487,7 +381,8 @@ class ObjectIO:
         sources = obj.sources(part.number)
         if part.size == 0 or any(s.part.inline is not None for srcs in sources.values() for s in srcs):
             return await self._rebuild_inline(obj, part, ec, want)
-        reader = PartReader(self.client, self.view, self.executor, sources, part, ec, 0, part.size)
+        reader = PartReader(self.client, self.view, self.executor, sources, part, ec, 0, part.size,
+                            more=self.more_sources(obj, part.number))
         queues: dict[int, asyncio.Queue[bytes | None]] = {i: asyncio.Queue(SHARD_QUEUE_DEPTH) for i in want}
         sums: dict[int, list[int]] = {i: [] for i in want}
 

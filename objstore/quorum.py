@@ -57,7 +57,7 @@ class Background:
 
 async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: int, *,
                  parallel: int | None = None, background: Background | None = None,
-                 settle: bool = False) -> list[tuple[T, R]]:
+                 settle: bool = False, hedge_after: float | None = None) -> list[tuple[T, R]]:
     """Call targets in order until `need` calls succeeded; returns (target, result) of the successes, in
     the order they finished (at least `need`; more if several finished at the same instant).
 
@@ -70,6 +70,9 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
 
     With `settle`, an out-of-reach quorum first lets the running calls end, so the QuorumError lists
     every success: a writer that must clean up after a failed write needs to know all it wrote.
+
+    With `hedge_after`, every target not yet called is started once that many seconds pass without
+    a quorum: a slow target costs a bounded wait, not its whole latency.
     """
     if need <= 0:
         return []
@@ -85,6 +88,7 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
 
     for _ in range(min(len(queue), max(need, parallel or need))):
         launch()
+    hedge_at = None if hedge_after is None else asyncio.get_running_loop().time() + hedge_after
     try:
         while len(successes) < need:
             if len(successes) + len(running) + len(queue) < need:
@@ -96,7 +100,14 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
                             errors.append((target, e))
                     running.clear()
                 raise QuorumError(successes, errors, need)
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            timeout = None
+            if hedge_at is not None and queue:
+                timeout = max(0.0, hedge_at - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                while queue:
+                    launch()
+                continue
             for fut in sorted(done, key=lambda f: running[f][0]):  # same-instant results in target order
                 _, target = running.pop(fut)
                 exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()

@@ -1,11 +1,12 @@
-"""Reading one part of an object: k verified shard streams per stripe, a spare for a failed, corrupt or slow shard."""
+"""Finding and reading objects: the newest visible version from the owners' records, then k verified shard streams per stripe, a spare for a failed, corrupt or slow shard."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +14,15 @@ from typing import Any
 from objstore import codec
 from objstore.client import NodeClient, NodeError
 from objstore.cluster import ECProfile, NodeInfo
-from objstore.records import PartRef
+from objstore.quorum import Background, QuorumError, quorum
+from objstore.records import ObjectRecord, PartRef
+from objstore.ring import Ring
 from objstore.view import ClusterView
 
 log = logging.getLogger("objstore.objects")
+
+MAP_SETTLE_SECONDS = 300.0
+"""After a map change moves a partition, reads of it ask every node this long (repair moves it meanwhile)."""
 
 
 class ReadFailed(Exception):
@@ -32,31 +38,224 @@ class ShardSource:
     part: PartRef
 
 
+MoreSources = Callable[[], Awaitable[dict[int, list[ShardSource]]]]
+"""Where else the shards of a part may be read: asked when a reader has used up the places it knew."""
+
+
+@dataclass
+class ObjectVersion:
+    """A visible version of an object: its metadata and, per part, where each shard index can be read."""
+
+    record: ObjectRecord  # metadata (any of the version's records; per-shard fields are meaningless)
+    holders: list[tuple[NodeInfo, ObjectRecord]]
+    ring: Ring | None = None  # the placement it was found with (None: made by hand, cannot be completed)
+    complete: bool = False  # every node that may hold a shard of it was asked
+
+    @property
+    def deleted(self) -> bool:
+        return self.record.deleted
+
+    def sources(self, part_number: int) -> dict[int, list[ShardSource]]:
+        """Shard index -> places holding that shard of the part (owners first, then handoffs)."""
+        out: dict[int, list[ShardSource]] = defaultdict(list)
+        for node, rec in sorted(self.holders, key=lambda h: h[1].handoff):
+            for p in rec.parts:
+                if p.number == part_number and p.present:
+                    out[rec.shard].append(ShardSource(rec.shard, node, p))
+        return out
+
+
+def visible_versions(records: list[tuple[NodeInfo, ObjectRecord]], k: int) -> list[ObjectVersion]:
+    """Group records by version, newest first, keeping those with at least k distinct shard indexes."""
+    by_version: dict[str, list[tuple[NodeInfo, ObjectRecord]]] = defaultdict(list)
+    for node, rec in records:
+        by_version[rec.version].append((node, rec))
+    out = []
+    for version in sorted(by_version, reverse=True):
+        holders = by_version[version]
+        if len({r.shard for _, r in holders}) >= min(k, holders[0][1].ec.k):
+            out.append(ObjectVersion(holders[0][1], holders))
+    return out
+
+
+class ObjectReader:
+    """Finds the visible version of a key and streams its bytes; ObjectIO adds writing and rebuilding."""
+
+    def __init__(self, view: ClusterView, client: NodeClient, executor: Executor | None = None,
+                 background: Background | None = None) -> None:
+        self.view = view
+        self.client = client
+        self.executor = executor
+        self.background = background or Background()
+
+    # -- finding -----------------------------------------------------------------------------------
+
+    async def find(self, ring: Ring, bucket: str, key: str, version: str | None = None) -> ObjectVersion | None:
+        """The newest visible version of a key (or the given version), or None.
+
+        Asks just enough owners that every acknowledged write is among the answers: a write is
+        acknowledged once k+1 distinct shards are committed, so max(k, m) of the k+m owners overlap
+        it, and k answers holding the newest version make it readable. A lagging owner is hedged by
+        the others. Only if those answers show no readable newest version, or the partition moved
+        with a recent map change, is every node of the pool asked (handoffs, old owners).
+        The holders found are enough to read; a read that loses a shard asks for the rest (`complete`).
+        """
+        partition = ring.partition_of(bucket, key)
+        if self.view.moved_lately(ring, partition, MAP_SETTLE_SECONDS):
+            return await self._find_everywhere(ring, partition, bucket, key, version)
+        ec = ring.ec
+        owners = self.view.by_availability(ring.owners(partition))
+        need = max(1, min(len(owners), max(ec.k, ec.m)))
+
+        async def newest(node: NodeInfo) -> tuple[NodeInfo, list[ObjectRecord]]:
+            return node, await self._timed(node, self.client.get_record(node, bucket, key, version))
+
+        try:
+            answers = await quorum(owners, newest, need=need, parallel=need, background=self.background,
+                                   hedge_after=self.view.hedge_delay())
+        except QuorumError as e:
+            answers = e.successes
+        records = [(n, r) for _, (n, recs) in answers for r in recs]
+        found = visible_versions(records, ec.k)
+        if found and found[0].record.version == max(r.version for _, r in records):
+            found[0].ring = ring
+            found[0].complete = len({r.shard for _, r in found[0].holders}) >= ec.width
+            return found[0]
+        if not records and len(answers) >= need:
+            return None
+        # The newest version seen is not visible among these answers: ask every node, every version.
+        return await self._find_everywhere(ring, partition, bucket, key, version)
+
+    async def complete(self, obj: ObjectVersion) -> ObjectVersion:
+        """Add the holders `find` did not ask, so a degraded read or a rebuild has every shard to choose from.
+
+        Runs once per ObjectVersion (later calls return at once); `obj` itself gains the holders.
+        """
+        if obj.complete or obj.ring is None:
+            return obj
+        obj.complete = True
+        rec = obj.record
+        full = await self._find_everywhere(obj.ring, obj.ring.partition_of(rec.bucket, rec.key), rec.bucket,
+                                           rec.key, rec.version, timeout=self.view.hedge_delay())
+        if full is not None:
+            seen = {(n.id, r.shard) for n, r in obj.holders}
+            obj.holders += [(n, r) for n, r in full.holders if (n.id, r.shard) not in seen]
+        return obj
+
+    async def _find_everywhere(self, ring: Ring, partition: int, bucket: str, key: str,
+                               version: str | None, timeout: float | None = None) -> ObjectVersion | None:
+        # Every node of the pool that may hold data: handoffs, and old owners during a migration.
+        nodes = self.view.by_availability(n for n in ring.map.pool_nodes(ring.pool.name) if n.state != "removed")
+
+        async def versions(node: NodeInfo) -> list[tuple[NodeInfo, ObjectRecord]]:
+            if version is not None:
+                return [(node, r) for r in await self._timed(node, self.client.get_record(node, bucket, key, version))]
+            return [(node, r) for r in await self._timed(node, self.client.get_versions(node, bucket, key))]
+
+        calls = [versions(n) for n in nodes]
+        if timeout is not None:
+            results = await asyncio.gather(*(asyncio.wait_for(c, timeout) for c in calls), return_exceptions=True)
+        else:
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        records = [x for r in results if isinstance(r, list) for x in r]
+        found = visible_versions(records, ring.ec.k)
+        if not found:
+            return None
+        found[0].ring, found[0].complete = ring, True
+        return found[0]
+
+    async def _timed(self, node: NodeInfo, aw: Any) -> Any:
+        started = time.monotonic()
+        try:
+            result = await aw
+        except (NodeError, OSError, asyncio.TimeoutError):
+            self.view.record_failure(node)
+            raise
+        self.view.record_success(node, time.monotonic() - started)
+        return result
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def read(self, obj: ObjectVersion, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream object bytes [offset, offset+length), part by part, stripe by stripe."""
+        rec = obj.record
+        end = rec.size if length is None else min(rec.size, offset + length)
+        part_start = 0
+        for part in rec.parts:
+            part_end = part_start + part.size
+            if part_end > offset and part_start < end:
+                lo = max(offset, part_start) - part_start
+                hi = min(end, part_end) - part_start
+                async for chunk in self._read_part(obj, part, lo, hi - lo):
+                    yield chunk
+            part_start = part_end
+            if part_start >= end:
+                break
+
+    async def _read_part(self, obj: ObjectVersion, part: PartRef, offset: int, length: int) -> AsyncIterator[bytes]:
+        if length <= 0:
+            return
+        ec = obj.record.ec
+        reader = PartReader(self.client, self.view, self.executor, obj.sources(part.number), part, ec, offset, length,
+                            more=self.more_sources(obj, part.number))
+        try:
+            async for chunk in reader.stream():
+                yield chunk
+        finally:
+            await reader.close()
+
+    def more_sources(self, obj: ObjectVersion, part_number: int) -> MoreSources | None:
+        if obj.complete:
+            return None
+
+        async def more() -> dict[int, list[ShardSource]]:
+            return (await self.complete(obj)).sources(part_number)
+        return more
+
+
 class PartReader:
     """Reads the stripes of one part from k shards, replacing failed, corrupt or slow shards with spares."""
 
     def __init__(self, client: NodeClient, view: ClusterView, executor: Executor | None,
-                 sources: dict[int, list[ShardSource]], part: PartRef, ec: ECProfile, offset: int, length: int
-                 ) -> None:
+                 sources: dict[int, list[ShardSource]], part: PartRef, ec: ECProfile, offset: int, length: int,
+                 more: MoreSources | None = None) -> None:
+        """`more`, if given, is awaited once when every source is used up, for places not known yet."""
         self.client, self.view, self.executor = client, view, executor
         self.part, self.ec = part, ec
         self.offset, self.length = offset, length
         self.codec = codec.codec_for(ec)
         self.first, self.last = codec.range_to_stripes(offset, length, part.size, ec)
-        # Data shards first (no decode needed), then parity; available nodes first within each index.
         self.candidates: list[ShardSource] = []
-        for idx in sorted(sources):
-            for src in view.by_availability([s.node for s in sources[idx]]):
-                self.candidates.append(next(s for s in sources[idx] if s.node.id == src.id))
+        self.known: set[tuple[str, int]] = set()
+        self._add(sources)
+        self.more = more
         self.open: dict[int, ShardStream] = {}
         self.failed: set[int] = set()
 
-    def _next_candidate(self) -> ShardSource | None:
-        for src in self.candidates:
-            if src.index not in self.open and src.index not in self.failed:
-                self.candidates.remove(src)
-                return src
-        return None
+    def _add(self, sources: dict[int, list[ShardSource]]) -> None:
+        """Queue sources not seen yet: data shards first (no decode needed), then parity; available nodes
+        first within each index."""
+        for idx in sorted(sources):
+            for node in self.view.by_availability([s.node for s in sources[idx]]):
+                src = next(s for s in sources[idx] if s.node.id == node.id)
+                if (node.id, idx) not in self.known:
+                    self.known.add((node.id, idx))
+                    self.candidates.append(src)
+        self.candidates.sort(key=lambda s: s.index)  # stable: keeps the availability order per index
+
+    async def _next_candidate(self) -> ShardSource | None:
+        while True:
+            for src in self.candidates:
+                if src.index not in self.open and src.index not in self.failed:
+                    self.candidates.remove(src)
+                    return src
+            if self.more is None:
+                return None
+            more, self.more = self.more, None
+            try:
+                self._add(await more())
+            except (NodeError, OSError, asyncio.TimeoutError) as e:
+                log.warning("looking for more shards of %s failed: %s", self.part.blob, e)
 
     def _open(self, src: ShardSource, stripe: int) -> ShardStream:
         shard_off, shard_len = codec.shard_span(stripe, self.last, self.part.size, self.ec)
@@ -67,7 +266,7 @@ class PartReader:
     async def stripes(self) -> AsyncIterator[tuple[int, dict[int, bytes]]]:
         """At least k verified blocks of every stripe in the range, by shard index."""
         for _ in range(self.ec.k):
-            src = self._next_candidate()
+            src = await self._next_candidate()
             if src is None:
                 break
             self._open(src, self.first)
@@ -100,7 +299,7 @@ class PartReader:
         try:
             while len(blocks) < k:
                 if not pending:
-                    src = self._next_candidate()
+                    src = await self._next_candidate()
                     if src is None:
                         raise ReadFailed(f"only {len(blocks)} of {k} shards readable for part {self.part.number}")
                     pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
@@ -111,7 +310,7 @@ class PartReader:
                     # Hedge: race a spare against each laggard; whichever k blocks arrive first win.
                     hedged = True
                     for _ in range(len(pending)):
-                        src = self._next_candidate()
+                        src = await self._next_candidate()
                         if src is None:
                             break
                         pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
@@ -127,7 +326,7 @@ class PartReader:
                         if stream:
                             await stream.close()
                         if len(blocks) + len(pending) < k:
-                            src = self._next_candidate()
+                            src = await self._next_candidate()
                             if src is not None:
                                 pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
         finally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import TYPE_CHECKING, Iterable
 
-from objstore.cluster import ClusterMap, NodeInfo
+from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
 from objstore.ring import Ring
 
 if TYPE_CHECKING:
@@ -58,7 +58,12 @@ class ClusterView:
 
     def __init__(self, cmap: ClusterMap) -> None:
         self.map = cmap
+        self.previous: ClusterMap | None = None
+        """The map this process held before the current one (None until it adopts a newer one)."""
+        self.changed_at = float("-inf")
+        """time.monotonic() when the current map was adopted over an older one."""
         self._rings: dict[tuple[int, str | None], Ring] = {}
+        self._previous_rings: dict[tuple[int, str | None], Ring] = {}
         self.health: dict[str, NodeHealth] = {}
         self._refresh_lock = asyncio.Lock()
 
@@ -77,8 +82,28 @@ class ClusterView:
         if cmap.epoch <= self.map.epoch:
             return False
         log.info("cluster map epoch %d -> %d", self.map.epoch, cmap.epoch)
+        self.previous, self.changed_at = self.map, time.monotonic()
         self.map = cmap
         return True
+
+    def moved_lately(self, ring: Ring, partition: int, within: float) -> bool:
+        """True if the partition's owners changed with the map adopted in the last `within` seconds.
+
+        Until repair has moved such a partition its data may sit on the old owners only, so reads
+        must not trust the new owners' answers alone.
+        """
+        previous = self.previous
+        if previous is None or time.monotonic() - self.changed_at > within:
+            return False
+        key = (previous.epoch, ring.pool.name)
+        old = self._previous_rings.get(key)
+        if old is None:
+            try:
+                old = Ring(previous, ring.pool.name)
+            except ClusterMapError:  # a pool the old map lacked: everything in it moved
+                return True
+            self._previous_rings = {key: old}
+        return [n.id for n in old.owners(partition)] != [n.id for n in ring.owners(partition)]
 
     async def refresh(self, client: NodeClient, sample: int = 3) -> bool:
         """Ask a few available nodes for their map and adopt the newest."""

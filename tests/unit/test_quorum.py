@@ -129,3 +129,22 @@ async def test_settle_waits_for_running_calls_so_the_error_lists_every_success()
         await asyncio.wait_for(quorum(["a", "b", "c"], fake, need=3, parallel=3, settle=True), 2)
     assert sorted(e.value.successes) == [("b", "B"), ("c", "C")]  # a writer learns all it wrote
     assert fake.cancelled == []
+
+
+async def test_hedge_starts_the_remaining_targets_when_a_call_lags() -> None:
+    fake = Fake({"a": 0.0, "b": 5.0, "c": 0.0, "d": 0.0})
+    bg = Background()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    got = await asyncio.wait_for(quorum(["a", "b", "c", "d"], fake, need=2, parallel=2, background=bg,
+                                        hedge_after=0.05), 2)
+    assert 0.04 <= loop.time() - t0 < 1.0
+    assert fake.started == ["a", "b", "c", "d"]
+    assert sorted(r for _, r in got)[:2] == ["A", "C"]
+    await bg.close(timeout=0)
+
+
+async def test_no_hedge_when_the_quorum_comes_in_time() -> None:
+    fake = Fake({"a": 0.0, "b": 0.01, "c": 0.0})
+    got = await asyncio.wait_for(quorum(["a", "b", "c"], fake, need=2, parallel=2, hedge_after=1.0), 2)
+    assert [r for _, r in got] == ["A", "B"] and fake.started == ["a", "b"]

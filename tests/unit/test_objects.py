@@ -1,0 +1,179 @@
+"""ObjectIO on six in-process nodes: how few calls a write and a read make, and that they stay correct when
+owners lag, lose a shard, miss a write or move with a map change."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import node.server
+from objstore.cluster import NodeInfo
+from objstore.versions import new_version
+from tests.unit.objects_harness import BUCKET, MiniCluster, payload, put, read, start_cluster
+
+SMALL = 5000  # inline: the shards travel in the records
+LARGE = 300_000  # shards in blob files
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[MiniCluster]:
+    c = await start_cluster(tmp_path)
+    yield c
+    await c.close()
+
+
+def held_versions(c: MiniCluster, key: str) -> dict[str, set[str]]:
+    return {n.id: {r.version for r in c.store(n.id).versions(BUCKET, key)} for n in c.nodes}
+
+
+# -- writing and retiring old versions ------------------------------------------------------------
+
+
+async def test_a_new_key_costs_one_record_per_shard_and_nothing_to_prune(cluster: MiniCluster) -> None:
+    done = await put(cluster, "new", payload(SMALL))
+    assert cluster.client.count("PUT /record") == 6 and len(cluster.client.calls) == 1
+    assert set(done.older) == {n.id for n in cluster.nodes}
+    assert all(older == [] for _, older in done.older.values())
+    await cluster.io.prune(cluster.ring, BUCKET, "new", keep=done.record.version, seen=done)
+    assert len(cluster.client.calls) == 1  # no node holds an older version: no call at all
+
+
+async def test_an_overwrite_prunes_what_the_commit_saw(cluster: MiniCluster) -> None:
+    first = await put(cluster, "k", payload(SMALL, 1))
+    second = await put(cluster, "k", payload(SMALL, 2))
+    assert all(older == [first.record.version] for _, older in second.older.values())
+    cluster.client.calls.clear()
+    await cluster.io.prune(cluster.ring, BUCKET, "k", keep=second.record.version, seen=second)
+    assert dict(cluster.client.calls) == {"DELETE /record": 6}
+    assert held_versions(cluster, "k") == {n.id: {second.record.version} for n in cluster.nodes}
+    assert await read(cluster, "k") == payload(SMALL, 2)
+
+
+async def test_prune_keeps_what_only_refuses(cluster: MiniCluster) -> None:
+    versions = [(await put(cluster, "s", payload(SMALL, i))).record.version for i in range(2)]
+    last = await put(cluster, "s", payload(SMALL, 9))
+    await cluster.io.prune(cluster.ring, BUCKET, "s", keep=last.record.version, only=lambda v: v == versions[0],
+                           seen=last)
+    assert held_versions(cluster, "s") == {n.id: {versions[1], last.record.version} for n in cluster.nodes}
+
+
+async def test_a_node_that_names_too_many_versions_is_asked_for_them(cluster: MiniCluster,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node.server, "OLDER_VERSIONS_SHOWN", 2)
+    for i in range(3):
+        await put(cluster, "many", payload(SMALL, i))
+    last = await put(cluster, "many", payload(SMALL, 7))
+    assert all(older is None for _, older in last.older.values())  # three older versions: more than shown
+    cluster.client.calls.clear()
+    await cluster.io.prune(cluster.ring, BUCKET, "many", keep=last.record.version, seen=last)
+    assert cluster.client.count("GET /versions") == 6 and cluster.client.count("DELETE /record") == 18
+    assert held_versions(cluster, "many") == {n.id: {last.record.version} for n in cluster.nodes}
+
+
+# -- finding and reading --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, SMALL, LARGE])
+async def test_a_healthy_read_asks_k_owners_once(cluster: MiniCluster, size: int) -> None:
+    data = payload(size, 3)
+    await put(cluster, "h", data)
+    cluster.client.calls.clear()
+    obj = await cluster.io.find(cluster.ring, BUCKET, "h")
+    assert obj is not None and cluster.client.count("GET /record") == 4 and len(cluster.client.calls) == 1
+    assert b"".join([c async for c in cluster.io.read(obj)]) == data
+    assert cluster.client.count("GET /record") == 4 and cluster.client.count("GET /versions") == 0
+
+
+async def test_a_missing_key_costs_k_calls(cluster: MiniCluster) -> None:
+    assert await cluster.io.find(cluster.ring, BUCKET, "nothing") is None
+    assert dict(cluster.client.calls) == {"GET /record": 4}
+
+
+async def test_an_acknowledged_write_is_seen_whichever_k_owners_answer(cluster: MiniCluster) -> None:
+    """v2 committed on k+1 = 5 owners (the sixth kept v1): any 4 answers include it."""
+    await put(cluster, "raw", payload(SMALL, 1))
+    v2 = await put(cluster, "raw", payload(SMALL, 2))
+    stale = cluster.owners("raw")[0]
+    cluster.store(stale.id).delete_record(BUCKET, "raw", v2.record.version)
+    for last in itertools.combinations(cluster.nodes, 2):
+        cluster.restore()
+        cluster.push_back(*last)
+        obj = await cluster.io.find(cluster.ring, BUCKET, "raw")
+        assert obj is not None and obj.record.version == v2.record.version, [n.id for n in last]
+        assert b"".join([c async for c in cluster.io.read(obj)]) == payload(SMALL, 2)
+
+
+async def test_answers_without_a_readable_newest_version_ask_every_node(cluster: MiniCluster) -> None:
+    await put(cluster, "half", payload(SMALL, 1))
+    v2 = await put(cluster, "half", payload(SMALL, 2))
+    owners = cluster.owners("half")
+    for stale in owners[:2]:  # v2 left on exactly k nodes, and the first k asked include the stale ones
+        cluster.store(stale.id).delete_record(BUCKET, "half", v2.record.version)
+    cluster.client.calls.clear()
+    obj = await cluster.io.find(cluster.ring, BUCKET, "half")
+    assert obj is not None and obj.record.version == v2.record.version
+    assert cluster.client.count("GET /record") == 4 and cluster.client.count("GET /versions") == 6
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_a_lost_shard_widens_the_read_to_every_holder(cluster: MiniCluster, size: int) -> None:
+    data = payload(size, 4)
+    await put(cluster, "lost", data)
+    first = cluster.owners("lost")[0]  # asked first, and its shard 0 is read first
+    rec = cluster.store(first.id).get_record(BUCKET, "lost")[0]
+    if rec.parts[0].inline is not None:
+        bad = bytearray(rec.parts[0].inline)
+        bad[0] ^= 1
+        rec.parts[0].inline = bytes(bad)
+        cluster.store(first.id).put_record(rec)  # a record whose inline shard no longer matches its checksum
+    else:
+        cluster.store(first.id).delete_blob(rec.parts[0].blob, rec.shard, force=True)
+    cluster.client.calls.clear()
+    assert await read(cluster, "lost") == data
+    assert cluster.client.count("GET /record") == 4 + 6  # the find, then every node once for more holders
+
+
+async def test_a_lagging_owner_is_hedged(cluster: MiniCluster) -> None:
+    await put(cluster, "lag", payload(SMALL, 5))
+    cluster.client.delays[cluster.owners("lag")[0].id] = 3.0
+    started = time.monotonic()
+    assert await asyncio.wait_for(read(cluster, "lag"), 2.5) == payload(SMALL, 5)
+    assert time.monotonic() - started < 1.5
+    assert cluster.client.count("GET /record") == 6  # the laggard's peers were asked after the hedge delay
+
+
+async def test_a_partition_moved_by_a_map_change_is_read_from_every_node(cluster: MiniCluster) -> None:
+    keys = [f"m{i}" for i in range(40)]
+    for key in keys:
+        await put(cluster, key, payload(100, len(key)))
+    before = {key: [n.id for n in cluster.owners(key)] for key in keys}
+    grown = cluster.cmap.with_changes(nodes=cluster.cmap.nodes + (NodeInfo("n7", "127.0.0.1:9", "z1"),))
+    assert cluster.view.adopt(grown)
+    moved = [key for key in keys if [n.id for n in cluster.owners(key)] != before[key]]
+    kept = [key for key in keys if key not in moved]
+    assert moved and kept
+    for key in moved[:3]:
+        cluster.client.calls.clear()
+        assert await read(cluster, key) == payload(100, len(key))
+        assert cluster.client.count("GET /versions") == 7  # the new node too, though it cannot answer
+    cluster.client.calls.clear()
+    assert await read(cluster, kept[0]) == payload(100, len(kept[0]))
+    assert cluster.client.count("GET /versions") == 0
+
+
+async def test_a_delete_marker_hides_the_key_and_its_commit_names_the_older_version(cluster: MiniCluster) -> None:
+    from objstore.records import ObjectRecord
+
+    first = await put(cluster, "gone", payload(SMALL))
+    ring = cluster.ring
+    version = new_version()
+    marker = ObjectRecord(bucket=BUCKET, key="gone", version=version, shard=0, ec=ring.ec, deleted=True)
+    done = await cluster.io.commit(ring, ring.partition_of(BUCKET, "gone"), marker, [])
+    assert all(older == [first.record.version] for _, older in done.older.values())
+    obj = await cluster.io.find(ring, BUCKET, "gone")
+    assert obj is not None and obj.deleted
