@@ -33,6 +33,9 @@ METRICS_PATH = "/metrics"
 NODE_METRICS = web.AppKey("node_metrics", ProcessMetrics)
 PEER_STATES = ("up", "suspect", "down")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+QUIET_OPERATIONS = frozenset({"get_record", "put_record", "get_versions", "delete_record", "list_entries",
+                              "get_kv", "put_kv", "list_kv"})
+"""Metadata RPCs logged at debug when they succeed, even for a client request (a small PUT makes six)."""
 
 REPAIR_GAUGES = {
     "partitions_total": "Partitions this node leads, in the current (or last) anti-entropy pass.",
@@ -151,8 +154,10 @@ async def observe_middleware(request: web.Request, handler: Callable[[web.Reques
                              ) -> web.StreamResponse:
     """Outermost: the gateway's request id into this request's context (and log lines), then metrics and a log line.
 
-    RPCs made for a client request (they carry a request id) are logged at info; background traffic
-    (heartbeats, anti-entropy, scrapes) only at debug, or a node would log several lines a second when idle.
+    RPCs made for a client request (they carry a request id) are logged at info when they move shard data or
+    fail; the small metadata calls a request makes several of (QUIET_OPERATIONS) only at debug when they
+    succeed, and so is background traffic (heartbeats, anti-entropy, scrapes), or the lines would cost more
+    than the calls.
     """
     rid = request_id_of(request)
     token = REQUEST_ID.set(rid)
@@ -172,8 +177,9 @@ async def observe_middleware(request: web.Request, handler: Callable[[web.Reques
         elapsed = time.monotonic() - start
         operation = _operation(request)
         request.app[NODE_METRICS].observe(operation, status, elapsed)
-        if rid is not None or log.isEnabledFor(logging.DEBUG):
-            log.log(logging.INFO if rid else logging.DEBUG, "%s %s", operation, status,
+        level = logging.INFO if rid and (status >= 400 or operation not in QUIET_OPERATIONS) else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s", operation, status,
                     extra={"operation": operation, "status": status, "duration_ms": round(elapsed * 1000, 3)})
         REQUEST_ID.reset(token)
 

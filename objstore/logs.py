@@ -7,8 +7,8 @@ import json
 import logging
 import queue
 import sys
+import threading
 import time
-from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any
 
 from objstore.client import REQUEST_ID
@@ -32,11 +32,21 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, process_name: str) -> None:
         super().__init__()
         self.process_name = process_name
+        # default=str: an odd value in `extra` must cost a field's precision, never the log line
+        self._encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted: every line of it shares the text
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        doc: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "process": self.process_name,
-                               "pid": record.process, "logger": record.name, "msg": record.getMessage()}
+        doc: dict[str, Any] = {"ts": self._timestamp(record), "level": record.levelname.lower(),
+                               "process": self.process_name, "pid": record.process, "logger": record.name,
+                               "msg": record.getMessage()}
         request_id = getattr(record, "request_id", None)
         if request_id:
             doc["request_id"] = request_id
@@ -49,11 +59,60 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = record.exc_text
         if record.stack_info:
             doc["stack"] = self.formatStack(record.stack_info)
-        # default=str: an odd value in `extra` must cost a field's precision, never the log line
-        return json.dumps(doc, ensure_ascii=False, default=str, separators=(",", ":"))
+        return self._encode(doc)
 
 
-_listener: QueueListener | None = None
+class _LineHandler(logging.Handler):
+    """Formats a record where it is logged (the request id lives in that context) and queues the line."""
+
+    def __init__(self, lines: queue.SimpleQueue[str | None]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: the queue is thread-safe and formatting shares nothing between records.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.put(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never take the caller down
+            self.handleError(record)
+
+
+class _LineWriter(threading.Thread):
+    """Writes queued lines to the stream, as many as are waiting in one write; None ends it."""
+
+    def __init__(self, lines: queue.SimpleQueue[str | None], stream: IO[str]) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self.lines, self.stream = lines, stream
+
+    def run(self) -> None:
+        while True:
+            batch = [self.lines.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self.lines.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in batch
+            text = [line for line in batch if line is not None]
+            try:
+                if text:
+                    self.stream.write("\n".join(text) + "\n")
+                    self.stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream: the lines are lost, the process goes on
+                pass
+            if done:
+                return
+
+
+_writer: _LineWriter | None = None
+_LOOKUPS = (logging.logThreads, logging._srcfile)
+"""What setup_logging turns off and stop_logging puts back (other handlers, pytest's among them, show them)."""
 _atexit_registered = False
 
 
@@ -64,12 +123,10 @@ def setup_logging(level: str, process_name: str, stream: IO[str] | None = None) 
     writes the lines, so logging never blocks the event loop on a slow disk or pipe. Replaces the root
     logger's handlers, so calling it twice does not double the lines.
     """
-    global _listener, _atexit_registered
+    global _writer, _atexit_registered
     stop_logging()
-    sink = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    sink.setFormatter(logging.Formatter("%(message)s"))  # records arrive as finished JSON lines
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = QueueHandler(lines)
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    handler = _LineHandler(lines)
     handler.setFormatter(JsonFormatter(process_name))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
@@ -79,8 +136,12 @@ def setup_logging(level: str, process_name: str, stream: IO[str] | None = None) 
     root.setLevel(level.upper())
     # aiohttp's access logger repeats what the request middlewares already log, in another format
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    _listener = QueueListener(lines, sink)
-    _listener.start()
+    # The lines carry no source file, line or thread name: skip looking them up for every record
+    # (the logging HOWTO's "Optimization").
+    logging.logThreads = False
+    logging._srcfile = None
+    _writer = _LineWriter(lines, stream if stream is not None else sys.stderr)
+    _writer.start()
     if not _atexit_registered:
         atexit.register(stop_logging)
         _atexit_registered = True
@@ -91,16 +152,17 @@ def stop_logging() -> None:
 
     Runs at exit; tests call it before reading the stream they gave to setup_logging.
     """
-    global _listener
-    if _listener is None:
+    global _writer
+    if _writer is None:
         return
-    listener, _listener = _listener, None
-    listener.stop()
+    writer, _writer = _writer, None
+    writer.lines.put(None)
+    writer.join(timeout=10)
+    logging.logThreads, logging._srcfile = _LOOKUPS
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, QueueHandler) and handler.queue is listener.queue:
-            sink = listener.handlers[0]
-            direct = logging.StreamHandler(getattr(sink, "stream", sys.stderr))
+        if isinstance(handler, _LineHandler) and handler.lines is writer.lines:
+            direct = logging.StreamHandler(writer.stream)
             direct.setFormatter(handler.formatter)
             direct.addFilter(RequestIdFilter())
             root.removeHandler(handler)

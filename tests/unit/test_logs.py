@@ -98,3 +98,26 @@ def test_lines_are_written_by_a_thread_and_all_out_after_stop(log_stream: io.Str
     assert [d["msg"] for d in docs] == [f"line {i}" for i in range(200)]
     log.info("after stop")  # written at once by the handler that replaced the queue
     assert json.loads(log_stream.getvalue().splitlines()[-1])["msg"] == "after stop"
+
+
+def test_lines_from_many_threads_arrive_whole_and_lookups_come_back(log_stream: io.StringIO) -> None:
+    import re
+    import threading
+
+    log = logging.getLogger("objstore.test")
+
+    def burst(n: int) -> None:
+        for i in range(300):
+            log.info("t%d line %d", n, i, extra={"n": n})
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert logging._srcfile is None  # no caller lookup while the JSON lines are on
+    docs = lines(log_stream)
+    for n in range(4):
+        assert [d["msg"] for d in docs if d["n"] == n] == [f"t{n} line {i}" for i in range(300)]
+    assert logging._srcfile is not None and logging.logThreads  # put back for every other handler
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(d["ts"])) for d in docs)

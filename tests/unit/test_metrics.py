@@ -178,3 +178,20 @@ async def test_a_malformed_request_id_is_not_logged(nodes: list[str], caplog: py
             assert r.status == 200
     [line] = [r for r in caplog.records if r.name == "objstore.node.rpc"]
     assert line.levelno == logging.DEBUG and line.request_id is None
+
+
+async def test_a_clients_metadata_calls_log_at_debug_unless_they_fail(nodes: list[str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
+    caplog.set_level(logging.DEBUG, "objstore.node.rpc")
+    node = NodeInfo("n1", nodes[0].removeprefix("http://"), "z1")
+    async with NodeClient(SECRET) as client:
+        token = REQUEST_ID.set("REQ456")
+        try:
+            assert await client.get_record(node, "b", "k") == []
+            assert await client.get_kv(node, "bucket", "nothing") is None  # a 404
+        finally:
+            REQUEST_ID.reset(token)
+    got = {r.operation: r for r in caplog.records if r.name == "objstore.node.rpc"}
+    assert got["get_record"].levelno == logging.DEBUG and got["get_record"].request_id == "REQ456"
+    assert got["get_kv"].levelno == logging.INFO and got["get_kv"].status == 404
