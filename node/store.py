@@ -37,9 +37,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     bucket TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL, shard INTEGER NOT NULL,
     partition INTEGER NOT NULL, deleted INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
-    created INTEGER NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (bucket, key, version, shard)
-) WITHOUT ROWID;
+    created INTEGER NOT NULL, record BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_key ON objects (bucket, key, version, shard);
 CREATE INDEX IF NOT EXISTS objects_by_partition ON objects (partition, bucket, key, version);
 CREATE TABLE IF NOT EXISTS blobs (
     blob TEXT NOT NULL, shard INTEGER NOT NULL, partition INTEGER NOT NULL, path TEXT NOT NULL,
@@ -58,7 +58,11 @@ CREATE TABLE IF NOT EXISTS kv (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
-SCHEMA_VERSION = 2  # PRAGMA user_version; 1 had no blob_refs table and no kv.deleted column
+SCHEMA_VERSION = 3  # PRAGMA user_version; 1 had no blob_refs table and no kv.deleted column
+# 2 kept objects WITHOUT ROWID: a row holding an inline shard (about 1.3 KB for a 4 KiB object) is far
+# above the 1/20 of a page such tables are made for, so each row spilled into an overflow page of its
+# own (4.75 KB on disk per record) and the b-tree, full rows even in its interior pages, grew deep.
+# A rowid table keeps whole rows in its leaves, with a small unique index on the key.
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,9 +125,21 @@ class Store:
         db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=10000")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        had_objects = db.execute("SELECT 1 FROM sqlite_master WHERE name='objects'").fetchone() is not None
-        db.executescript(SCHEMA)
-        if had_objects and version < SCHEMA_VERSION:
+        row = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='objects'").fetchone()
+        had_objects = row is not None
+        without_rowid = had_objects and "WITHOUT ROWID" in str(row[0]).upper()
+        with _transaction(db):
+            if without_rowid:  # schema 1 or 2: the rows move into a rowid table
+                db.execute("ALTER TABLE objects RENAME TO objects_without_rowid")
+                db.execute("DROP INDEX IF EXISTS objects_by_partition")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if without_rowid:
+                db.execute("INSERT INTO objects SELECT bucket, key, version, shard, partition, deleted, size, etag, "
+                           "created, record FROM objects_without_rowid")
+                db.execute("DROP TABLE objects_without_rowid")
+        if had_objects and version < 2:
             _migrate_v1(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db

@@ -276,3 +276,37 @@ def test_writer_lock_orders_abort_after_a_running_write(tmp_path: Path) -> None:
     t.join(5)
     aborter.join(5)
     assert not w.tmp.exists() and w.size == 10
+
+
+def test_a_version_2_database_moves_its_records_into_a_rowid_table(tmp_path: Path) -> None:
+    root = tmp_path / "v2"
+    first = Store(root, partition_bits=8, fsync=False)
+    first.close()
+    db = sqlite3.connect(root / "records.db")  # turn the fresh database back into schema 2's layout
+    db.executescript("""
+        DROP TABLE objects;
+        CREATE TABLE objects (bucket TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL, shard INTEGER NOT NULL,
+            partition INTEGER NOT NULL, deleted INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+            created INTEGER NOT NULL, record BLOB NOT NULL, PRIMARY KEY (bucket, key, version, shard)) WITHOUT ROWID;
+        CREATE INDEX objects_by_partition ON objects (partition, bucket, key, version);
+        PRAGMA user_version=2;
+    """)
+    records = [rec(f"k{i}", f"v{j}", [PartRef(1, 4, "e", f"i{i}", inline=b"data")], shard=j % 2)
+               for i in range(5) for j in range(3)]
+    for r in records:
+        db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (r.bucket, r.key, r.version, r.shard, 1, 0, r.size, r.etag, r.created, r.pack()))
+    db.commit()
+    db.close()
+    s = Store(root, partition_bits=8, fsync=False)
+    try:
+        assert [x.version for x in s.get_record("b", "k3")] == ["v2"]
+        assert len(s.list_entries("b", "", "", 100, True)) == 15
+        s.put_record(records[0])  # the same record again replaces it: the unique index keeps one row per shard
+        assert s.counts()["records"] == 15
+        sql, = s.sql_executor.submit(lambda: s._db.execute(
+            "SELECT sql FROM sqlite_master WHERE name='objects'").fetchone()).result()
+        assert "WITHOUT ROWID" not in sql.upper()
+        assert s.sql_executor.submit(lambda: s._db.execute("PRAGMA user_version").fetchone()[0]).result() == 3
+    finally:
+        s.close()
