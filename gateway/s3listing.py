@@ -17,9 +17,11 @@ from gateway.headers import ns_datetime, quote_etag
 from gateway.s3buckets import owner_xml, xml_response
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import render
-from objstore.listing import KEY_CEILING, MergedListing, VersionInfo
+from objstore.listing import KEY_CEILING, PAGE, MergedListing, VersionInfo, listing_nodes
 
 MAX_KEYS = 1000
+MIN_NODE_PAGE = 100
+"""Entries asked of a node at least: a small S3 page that skips delete markers or rolls keys up needs more."""
 
 
 @dataclass
@@ -34,14 +36,13 @@ class Item:
         return self.versions is None
 
 
-def _merged(gw: Gateway, bucket: Bucket, prefix: str, start_after: str) -> MergedListing:
+def _merged(gw: Gateway, bucket: Bucket, prefix: str, start_after: str, max_keys: int) -> MergedListing:
     ring = gw.view.ring(bucket.pool)
-    nodes = [n for n in gw.view.map.pool_nodes(bucket.pool) if n.state != "removed"]
-    live = [n for n in nodes if gw.view.available(n)]
-    # Nodes out of rotation would only stall the listing; every visible version has >= k shards elsewhere.
-    if len(live) >= ring.ec.k + 1:
-        nodes = live
-    return MergedListing(gw.client, nodes, bucket.name, ring.ec.k, prefix=prefix, start_after=start_after)
+    nodes, reserve = listing_nodes(gw.view, ring)
+    # A node's page is a little more than the S3 page needs: one more key tells whether it is truncated.
+    page = min(PAGE, max(MIN_NODE_PAGE, max_keys + 1))
+    return MergedListing(gw.client, nodes, bucket.name, ring.ec.k, prefix=prefix, start_after=start_after,
+                         page=page, reserve=reserve)
 
 
 def _max_keys(req: S3Request) -> int:
@@ -65,10 +66,10 @@ def _skip_marker(marker: str, prefix: str, delimiter: str) -> str:
 
 
 async def _walk(gw: Gateway, bucket: Bucket, prefix: str, delimiter: str, after: str,
-                include_deleted: bool, include: str | None = None) -> AsyncIterator[Item]:
+                include_deleted: bool, include: str | None = None, max_keys: int = MAX_KEYS) -> AsyncIterator[Item]:
     """Keys (with their visible versions) and common prefixes in order, after `after` (or equal to `include`)."""
     start = include[:-1] if include else after
-    merged = _merged(gw, bucket, prefix, start)
+    merged = _merged(gw, bucket, prefix, start, max_keys)
     async for key, versions in merged.keys():
         if not key.startswith(prefix) or (key <= after and key != include):
             continue
@@ -114,7 +115,7 @@ async def _page(gw: Gateway, bucket: Bucket, prefix: str, delimiter: str, after:
     truncated = False
     if max_keys == 0:
         return items, False  # S3 answers an empty, untruncated page, whatever the bucket holds
-    async for item in _walk(gw, bucket, prefix, delimiter, after, include_deleted):
+    async for item in _walk(gw, bucket, prefix, delimiter, after, include_deleted, max_keys=max_keys):
         if len(items) >= max_keys:
             truncated = True
             break
@@ -254,6 +255,6 @@ async def list_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 async def bucket_is_empty(gw: Gateway, bucket: Bucket) -> bool:
     """No visible object; in a bucket that has had versioning, no version or delete marker either."""
-    async for _ in _walk(gw, bucket, "", "", "", include_deleted=bool(bucket.versioning)):
+    async for _ in _walk(gw, bucket, "", "", "", include_deleted=bool(bucket.versioning), max_keys=1):
         return False
     return True

@@ -12,7 +12,7 @@ from __future__ import annotations
 from gateway.buckets import Bucket
 from gateway.errors import S3Error
 from gateway.server import Gateway
-from objstore.listing import MergedListing
+from objstore.listing import MergedListing, listing_nodes
 from objstore.objects import Committed
 from objstore.versions import is_version, new_version
 
@@ -68,8 +68,9 @@ def retire_older(gw: Gateway, bucket: Bucket, done: Committed) -> None:
 async def null_version(gw: Gateway, bucket: Bucket, key: str) -> str | None:
     """The id of the key's visible null version (or null delete marker), if it has one."""
     ring = gw.view.ring(bucket.pool)
-    nodes = gw.view.by_availability(n for n in gw.view.map.pool_nodes(bucket.pool) if n.state != "removed")
-    listing = MergedListing(gw.client, nodes, bucket.name, ring.ec.k, prefix=key, versions=True)
+    nodes, reserve = listing_nodes(gw.view, ring)
+    listing = MergedListing(gw.client, nodes, bucket.name, ring.ec.k, prefix=key, versions=True, page=100,
+                            reserve=reserve)
     async for found, versions in listing.keys():
         if found != key:
             break  # keys come in order: the first one is `key` itself if it exists at all

@@ -300,9 +300,9 @@ async def list_entries(request: web.Request) -> web.Response:
     limit = int(q.get("limit", "1000"))
     if not 0 <= limit <= 10000:
         return _error(400, "bad_request", f"limit {limit} outside 0..10000")
-    entries = await node.sql(node.store.list_entries, _q(request, "bucket"), q.get("prefix", ""),
-                             q.get("start_after", ""), limit, q.get("versions") == "1")
-    return _packed([e.to_wire() for e in entries])
+    rows = await node.sql(node.store.list_rows, _q(request, "bucket"), q.get("prefix", ""),
+                          q.get("start_after", ""), limit, q.get("versions") == "1")
+    return _packed(rows)
 
 
 async def partition_digest(request: web.Request) -> web.Response:

@@ -390,30 +390,39 @@ class Store:
             paths = [p for blob, shard in refs for p in self._drop_unreferenced({blob}, shard)]
         return n, paths
 
-    @on_sql_thread
     def list_entries(self, bucket: str, prefix: str, start_after: str, limit: int, versions: bool) -> list[ListEntry]:
         """Sorted (key asc, version desc, shard) summaries; without `versions`, only each key's newest version.
 
         start_after is exclusive on the key: every version of that key is skipped.
         """
+        return [ListEntry(k, v, bool(d), s, e, c, sh) for k, v, d, s, e, c, sh in
+                self.list_rows(bucket, prefix, start_after, limit, versions)]
+
+    @on_sql_thread
+    def list_rows(self, bucket: str, prefix: str, start_after: str, limit: int, versions: bool
+                  ) -> list[tuple[str, str, int, int, str, int, int]]:
+        """list_entries as the wire rows (key, version, deleted 0/1, size, etag, created, shard): no object per row."""
         if start_after and start_after >= prefix:
             cond, lo = "key > ?", start_after
         else:
             cond, lo = "key >= ?", prefix
+        # The range ends in SQL, not after a scan: keys under the prefix sort before its successor.
+        end = _successor(prefix)
+        args: tuple[object, ...] = (bucket, lo) if end is None else (bucket, lo, end)
         sql = ("SELECT key, version, deleted, size, etag, created, shard FROM objects "
-               f"WHERE bucket=? AND {cond} ORDER BY key, version DESC, shard")
-        out: list[ListEntry] = []
+               f"WHERE bucket=? AND {cond}{'' if end is None else ' AND key < ?'} ORDER BY key, version DESC, shard")
+        if versions:
+            return self._db.execute(sql + " LIMIT ?", (*args, limit)).fetchall()
+        out: list[tuple[str, str, int, int, str, int, int]] = []
         newest: tuple[str, str] | None = None
-        for key, version, deleted, size, etag, created, shard in self._db.execute(sql, (bucket, lo)):
-            if not key.startswith(prefix):
-                break  # keys come sorted, so the prefix range is over
-            if not versions:
-                if newest is not None and newest[0] == key and newest[1] != version:
-                    continue
-                newest = (key, version)
+        for row in self._db.execute(sql, args):
+            key, version = row[0], row[1]
+            if newest is not None and newest[0] == key and newest[1] != version:
+                continue
+            newest = (key, version)
             if len(out) >= limit:
                 break
-            out.append(ListEntry(key, version, bool(deleted), size, etag, created, shard))
+            out.append(row)
         return out
 
     @on_sql_thread
@@ -511,6 +520,20 @@ class Store:
                 break
             out.append(KVRecord.unpack(packed))
         return out
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix` (None: no such bound, or no prefix).
+
+    SQLite compares keys as UTF-8 bytes, which sort as code points do.
+    """
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1  # surrogates have no UTF-8
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
 
 
 class _transaction:

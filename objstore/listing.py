@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -11,8 +10,13 @@ from dataclasses import dataclass
 from objstore.client import NodeClient, NodeError
 from objstore.cluster import NodeInfo
 from objstore.records import ListEntry
+from objstore.ring import Ring
+from objstore.view import ClusterView
 
 PAGE = 1000
+"""Entries asked of a node at a time (at most; an S3 page of fewer keys asks for fewer)."""
+MAX_PAGE = 10000
+"""The most a node answers at once: a key with more versions than a page is asked for whole, up to this."""
 KEY_CEILING = "\U0010ffff"
 """Sorts after every character a key may hold: `prefix + KEY_CEILING` skips every key under a prefix."""
 
@@ -34,44 +38,54 @@ class _NodeCursor:
     """Pages through one node's sorted listing, holding only whole keys."""
 
     def __init__(self, client: NodeClient, node: NodeInfo, bucket: str, prefix: str, start_after: str,
-                 versions: bool) -> None:
+                 versions: bool, page: int) -> None:
         self.client, self.node = client, node
         self.bucket, self.prefix, self.versions = bucket, prefix, versions
         self.after = start_after
+        self.page = page
         self.buffer: list[ListEntry] = []
         self.pos = 0
         self.done = False
         self.failed = False
 
+    @property
+    def hungry(self) -> bool:
+        return not self.done and self.pos >= len(self.buffer)
+
     def peek_key(self) -> str | None:
         return self.buffer[self.pos].key if self.pos < len(self.buffer) else None
 
     async def fill(self) -> None:
-        if self.done or self.pos < len(self.buffer):
+        if not self.hungry:
             return
-        try:
-            page = await self.client.list_entries(self.node, self.bucket, prefix=self.prefix,
-                                                  start_after=self.after, limit=PAGE, versions=self.versions)
-        except (NodeError, OSError, asyncio.TimeoutError):
-            self.done = self.failed = True
-            self.buffer, self.pos = [], 0
-            return
-        if len(page) < PAGE:
-            self.done = True
-        elif page[0].key != page[-1].key:
-            # A full page may end in the middle of a key's versions: keep whole keys only.
-            last = page[-1].key
-            page = [e for e in page if e.key != last]
+        limit = self.page
+        while True:
+            try:
+                page = await self.client.list_entries(self.node, self.bucket, prefix=self.prefix,
+                                                      start_after=self.after, limit=limit, versions=self.versions)
+            except (NodeError, OSError, asyncio.TimeoutError):
+                self.done = self.failed = True
+                self.buffer, self.pos = [], 0
+                return
+            if len(page) < limit:
+                self.done = True
+            elif page[0].key != page[-1].key:
+                # A full page may end in the middle of a key's versions: keep whole keys only.
+                last = page[-1].key
+                page = [e for e in page if e.key != last]
+            elif limit < MAX_PAGE:
+                limit = min(MAX_PAGE, limit * 4)  # one key fills the page: ask again for all of it
+                continue
+            break
         self.buffer, self.pos = page, 0
         if page:
             self.after = page[-1].key
 
     def take(self, key: str) -> list[ListEntry]:
-        out = []
+        start = self.pos
         while self.pos < len(self.buffer) and self.buffer[self.pos].key == key:
-            out.append(self.buffer[self.pos])
             self.pos += 1
-        return out
+        return self.buffer[start:self.pos]
 
     def skip_to(self, after: str) -> None:
         """Drop everything up to and including keys <= `after`."""
@@ -80,18 +94,49 @@ class _NodeCursor:
         if self.pos >= len(self.buffer) and after > self.after:
             self.after = after
 
+    def skip_before(self, key: str) -> None:
+        """Drop the keys sorting before `key`."""
+        while True:
+            head = self.peek_key()
+            if head is None or head >= key:
+                return
+            self.take(head)
+
+
+def listing_nodes(view: ClusterView, ring: Ring) -> tuple[list[NodeInfo], list[NodeInfo]]:
+    """The nodes a listing asks, and those it keeps in reserve for keys it cannot settle without them.
+
+    A write is acknowledged with k+1 distinct shards, each on its own node when the pool has at least
+    k+m active nodes, so the listings of all nodes but one still show k of them: one node is left out
+    (one out of rotation if any, else the last), and asked only if a key shows a version with fewer
+    than k shards (a write in progress, or one that lost a shard since). Nodes out of rotation are kept
+    in reserve as well, so they do not stall every listing.
+    """
+    nodes = [n for n in ring.map.pool_nodes(ring.pool.name) if n.state != "removed"]
+    if len(ring.nodes) < ring.ec.width:  # a node may hold several shards of a version: all are needed
+        return nodes, []
+    live = [n for n in nodes if view.available(n)]
+    if len(live) == len(nodes) and len(live) > ring.ec.k:
+        return live[:-1], live[-1:]
+    return live, [n for n in nodes if not view.available(n)]
+
 
 class MergedListing:
     """Keys of a bucket in order, each with its visible versions (newest first), merged across nodes.
 
     A version is visible when at least `k` distinct shard records of it are found, the same rule as
-    reads, so a failed write never shows up in a listing.
+    reads, so a failed write never shows up in a listing. `page` entries are asked of a node at a time;
+    `reserve` nodes join the listing the first time a key shows a version with fewer than `k` shards.
     """
 
     def __init__(self, client: NodeClient, nodes: Sequence[NodeInfo], bucket: str, k: int, prefix: str = "",
-                 start_after: str = "", versions: bool = True) -> None:
+                 start_after: str = "", versions: bool = True, page: int = PAGE,
+                 reserve: Sequence[NodeInfo] = ()) -> None:
         self.k = k
-        self.cursors = [_NodeCursor(client, n, bucket, prefix, start_after, versions) for n in nodes]
+        self.client, self.bucket, self.prefix, self.versions, self.page = client, bucket, prefix, versions, page
+        self.cursors = [_NodeCursor(client, n, bucket, prefix, start_after, versions, page) for n in nodes]
+        self.reserve = list(reserve)
+        self.last = start_after  # every key up to this one has been yielded or passed over
 
     @property
     def nodes_failed(self) -> int:
@@ -100,21 +145,52 @@ class MergedListing:
     def skip_to(self, after: str) -> None:
         for c in self.cursors:
             c.skip_to(after)
+        self.last = max(self.last, after)
+
+    async def _call_reserve(self, key: str) -> list[ListEntry]:
+        """Bring the reserve nodes in from `key` on; their entries of `key`."""
+        joining = [_NodeCursor(self.client, n, self.bucket, self.prefix, self.last, self.versions, self.page)
+                   for n in self.reserve]
+        self.reserve = []
+        await asyncio.gather(*(c.fill() for c in joining))
+        for c in joining:
+            c.skip_before(key)  # keys no other node holds cannot have k shards
+            await c.fill()
+        self.cursors += joining
+        return [e for c in joining for e in c.take(key)]
 
     async def keys(self) -> AsyncIterator[tuple[str, list[VersionInfo]]]:
         while True:
-            await asyncio.gather(*(c.fill() for c in self.cursors))
-            heads = [k for c in self.cursors if (k := c.peek_key()) is not None]
-            if not heads:
+            hungry = [c for c in self.cursors if c.hungry]
+            if hungry:
+                await asyncio.gather(*(c.fill() for c in hungry))
+            key = min((k for c in self.cursors if (k := c.peek_key()) is not None), default=None)
+            if key is None:
                 return
-            key = heapq.nsmallest(1, heads)[0]
             entries = [e for c in self.cursors for e in c.take(key)]
+            if self.reserve and _unsettled(entries, self.k):
+                entries += await self._call_reserve(key)
+            self.last = max(self.last, key)
             visible = visible_entries(entries, self.k)
             if visible:
                 yield key, visible
 
 
+def _unsettled(entries: list[ListEntry], k: int) -> bool:
+    """Some version shows fewer than k distinct shards: another node may hold the one that makes it visible."""
+    shards: dict[str, set[int]] = defaultdict(set)
+    for e in entries:
+        shards[e.version].add(e.shard)
+    return any(len(s) < k for s in shards.values())
+
+
 def visible_entries(entries: list[ListEntry], k: int) -> list[VersionInfo]:
+    first = entries[0]
+    if all(e.version == first.version for e in entries):  # the usual case: one version of the key
+        shards = len({e.shard for e in entries})
+        if shards < k:
+            return []
+        return [VersionInfo(first.key, first.version, first.deleted, first.size, first.etag, first.created, shards)]
     by_version: dict[str, list[ListEntry]] = defaultdict(list)
     for e in entries:
         by_version[e.version].append(e)

@@ -186,4 +186,4 @@ class ListEntry:
     @classmethod
     def from_wire(cls, row: Any) -> ListEntry:
         _check(isinstance(row, list) and len(row) == 7, "list entry must have 7 fields")
-        return cls(*row)
+        return cls(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6])
