@@ -45,6 +45,7 @@ class Loops:
         self.background = Background()
         self.io = ObjectIO(self.view, self.client, self.executor, self.background)
         self.repairer = Repairer(self.view, self.client, self.io, me=cfg.id, alive=self.alive,
+                                 writable=lambda n: self.node.peer_state(n.id) == "up" and self.view.available(n),
                                  concurrency=cfg.repair_concurrency, bandwidth_mb=cfg.repair_bandwidth_mb,
                                  gc_grace=cfg.gc_grace)
         self.repair_running = False

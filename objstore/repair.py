@@ -83,11 +83,15 @@ class Repairer:
     """Runs anti-entropy passes over the partitions a node leads (or all of them, for `repair --once`)."""
 
     def __init__(self, view: ClusterView, client: NodeClient, io: ObjectIO, *, me: str | None = None,
-                 alive: Callable[[NodeInfo], bool] | None = None, concurrency: int = 2,
+                 alive: Callable[[NodeInfo], bool] | None = None,
+                 writable: Callable[[NodeInfo], bool] | None = None, concurrency: int = 2,
                  bandwidth_mb: float = 50.0, gc_grace: float = 600.0) -> None:
         self.view, self.client, self.io = view, client, io
         self.me = me
         self.alive = alive or view.available
+        # Rebuilt shards go only to nodes known to answer: a node that just fell silent (suspect, not yet
+        # down) still counts as alive, but rebuilding onto it reads k shards for a write that will fail.
+        self.writable = writable or self.alive
         self.concurrency = concurrency
         self.throttle = Throttle(bandwidth_mb * 1e6)
         self.gc_grace_ns = int(gc_grace * 1e9)
@@ -245,7 +249,7 @@ class Repairer:
             if len(assigned) < width:
                 stats.objects_degraded += 1
             missing = [i for i in range(width) if i not in assigned]
-            targets = {i: o for i, o in zip(missing, lacking) if self.alive(o)}
+            targets = {i: o for i, o in zip(missing, lacking) if self.writable(o)}
             stale = [(n, v) for n, _, _, _ in entries if n.id not in owner_ids]
             if targets or (stale and len(assigned) == width):
                 tasks.append(Task(ring, bucket, key, v, len(healthy_idx), targets, stale,

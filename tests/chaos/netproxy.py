@@ -26,7 +26,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from tests.cluster import LOOPBACK, DevCluster, free_port_range
 
@@ -206,6 +206,11 @@ class LoopbackNet:
             self.healed.set()
             for proxy in self._proxies.values():
                 await proxy.stop()
+            # connection handlers still unwinding finish here, not as tasks destroyed with the loop
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         try:
             self._call(shutdown())
@@ -214,7 +219,7 @@ class LoopbackNet:
             self._thread.join(CONTROL_TIMEOUT)
             self._loop.close()
 
-    def __enter__(self) -> LoopbackNet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

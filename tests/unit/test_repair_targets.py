@@ -1,0 +1,33 @@
+"""Where repair rebuilds a lost shard: only onto owners that answer, never onto one that just fell silent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from objstore.repair import Repairer
+from tests.unit.objects_harness import BUCKET, payload, put, read, start_cluster
+
+
+async def test_no_rebuild_onto_an_owner_that_is_not_known_to_answer(tmp_path: Path) -> None:
+    c = await start_cluster(tmp_path)
+    try:
+        data = payload(300_000, seed=3)
+        committed = await put(c, "k", data)
+        lost = c.owners("k")[2]
+        c.store(lost.id).delete_record(BUCKET, "k", committed.record.version)
+        assert c.store(lost.id).get_record(BUCKET, "k") == []
+
+        # Its detector calls it suspect: alive (it may still hold data), but no target for a rebuild.
+        writes_before = c.client.by_node[(lost.id, "PUT /record")]
+        suspect = Repairer(c.view, c.client, c.io, writable=lambda n: n.id != lost.id, gc_grace=3600)
+        stats = await suspect.run_pass()
+        assert (stats.shards_rebuilt, stats.objects_degraded) == (0, 1)
+        assert c.client.by_node[(lost.id, "PUT /record")] == writes_before
+        assert c.store(lost.id).get_record(BUCKET, "k") == []
+
+        stats = await Repairer(c.view, c.client, c.io, gc_grace=3600).run_pass()  # up again
+        assert stats.shards_rebuilt == 1 and stats.objects_degraded == 0
+        assert len(c.store(lost.id).get_record(BUCKET, "k")) == 1
+        assert await read(c, "k") == data
+    finally:
+        await c.close()
