@@ -7,14 +7,14 @@ import time
 from dataclasses import dataclass
 
 from objstore.cluster import ClusterMap, NodeInfo
-from objstore.kv import KVUnavailable, ReplicatedKV
+from objstore.kv import BUCKETS, KVUnavailable, ReplicatedKV
 from objstore.records import KVRecord
 from objstore.versions import new_version, version_time_ns
 from objstore.view import ClusterView
 
 from gateway.errors import S3Error
 
-NS = "bucket"
+NS = BUCKETS
 CACHE_TTL = 2.0
 """Seconds a gateway trusts its cached copy of a bucket record (creation and deletion update it at once)."""
 

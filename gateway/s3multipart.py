@@ -26,16 +26,14 @@ from gateway.s3objects import copy_source
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import parse_complete_multipart_upload, render
 from objstore.cluster import NodeInfo
-from objstore.kv import KVUnavailable
+from objstore.kv import PARTS, SEP, UPLOADS, KVUnavailable
 from objstore.objects import BlobWrite, ShardWrite, WriteFailed
 from objstore.records import KVRecord, ObjectRecord, PartRef
 from objstore.ring import Ring
 from objstore.versions import new_version, version_time_ns
 
-UPLOADS, PARTS = "upload", "part"
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10000
-SEP = "\0"
 
 
 @dataclass

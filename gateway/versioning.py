@@ -14,22 +14,15 @@ from gateway.errors import S3Error
 from gateway.server import Gateway
 from objstore.listing import MergedListing, listing_nodes
 from objstore.objects import Committed
-from objstore.versions import is_version, new_version
+from objstore.versions import NULL_MARK, is_null, is_version, new_version
 
 NULL = "null"
-_MARK = 16  # index of the first hex digit of the random half; its top bit marks a null version
-
-
 def object_version(bucket: Bucket) -> str:
     """A new version id for a write to `bucket`: a null version unless versioning is Enabled."""
     version = new_version()
-    digit = int(version[_MARK], 16)
+    digit = int(version[NULL_MARK], 16)
     digit = digit | 8 if bucket.versioning != "Enabled" else digit & 7
-    return f"{version[:_MARK]}{digit:x}{version[_MARK + 1:]}"
-
-
-def is_null(version: str) -> bool:
-    return int(version[_MARK], 16) >= 8
+    return f"{version[:NULL_MARK]}{digit:x}{version[NULL_MARK + 1:]}"
 
 
 def shown(bucket: Bucket, version: str) -> str | None:

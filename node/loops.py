@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from objstore.client import NodeClient
 from objstore.cluster import NodeInfo
+from objstore.kv import PARTS
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
 from objstore.records import KVRecord
@@ -27,8 +28,6 @@ log = logging.getLogger("objstore.node.loops")
 
 PART_BLOB = re.compile(r"(?P<upload>[0-9a-f]{32})-(?P<number>\d{5})-[0-9a-f]+")
 """Blob id of a multipart part (gateway/s3multipart.py): the upload id, the part number, a random suffix."""
-PARTS_NS = "part"
-"""KV namespace of multipart parts: `<upload id>\\0<part number>` names the part's blob while the upload runs."""
 LOOKUP_TIMEOUT = 5.0
 """Seconds a peer may take to answer whether it still needs a shard before the shard is kept for now."""
 
@@ -203,8 +202,8 @@ class Loops:
         peers = [n for n in node.cmap.nodes if n.state != "removed" and n.id != node.cfg.id]
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
-                answers = await asyncio.gather(node.sql(node.store.get_kv, PARTS_NS, name),
-                                               *(self.client.get_kv(n, PARTS_NS, name) for n in peers),
+                answers = await asyncio.gather(node.sql(node.store.get_kv, PARTS, name),
+                                               *(self.client.get_kv(n, PARTS, name) for n in peers),
                                                return_exceptions=True)
         except TimeoutError:
             return False

@@ -52,7 +52,8 @@ REPAIR_GAUGES = {
     "bytes_remaining": "Object bytes still to rebuild in the current pass (left over, for the last one).",
     "handoffs_removed": "Handoff copies dropped once their owners were whole (current or last pass).",
     "garbage_removed": "Leftover versions removed after the grace period (current or last pass).",
-    "failures": "Objects whose rebuild failed in the current (or last) pass.",
+    "kv_copied": "Bucket, user and upload records copied to nodes that lacked them (current or last pass).",
+    "failures": "Objects whose rebuild failed, or passes skipped for want of bucket records (current or last pass).",
 }
 
 

@@ -1,13 +1,23 @@
-"""Replicated KV documents (buckets, multipart uploads): quorum writes, quorum reads, newest version wins."""
+"""Replicated KV documents (buckets, users, multipart uploads): quorum writes, quorum reads, newest version wins,
+and the anti-entropy that copies each document back to the nodes that lost it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
-from objstore.client import NodeClient
+from objstore.client import NodeClient, NodeError
 from objstore.cluster import NodeInfo
 from objstore.quorum import Background, QuorumError, quorum
 from objstore.records import KVRecord
+
+BUCKETS, USERS = "bucket", "user"
+"""Namespaces kept on every node: a bucket record (its owner, pool, versioning) and an S3 user."""
+UPLOADS, PARTS = "upload", "part"
+"""Namespaces kept on the owners of the object key's partition: a multipart upload (named `<bucket>\\0<upload id>`,
+its value names the key) and one part of it (named `<upload id>\\0<part number>`)."""
+SEP = "\0"
 
 
 class KVUnavailable(Exception):
@@ -67,3 +77,90 @@ class ReplicatedKV:
                 if r.name not in newest or r.version > newest[r.name].version:
                     newest[r.name] = r
         return [newest[n] for n in sorted(newest)]
+
+
+@dataclass
+class KVSnapshot:
+    """What the nodes that answered hold in one namespace: the newest record per name, and each node's versions."""
+
+    ns: str
+    newest: dict[str, KVRecord] = field(default_factory=dict)
+    held: dict[str, dict[str, str]] = field(default_factory=dict)  # node id -> name -> version held
+    total: int = 0  # nodes a quorum write of this namespace was spread over
+
+    @property
+    def quorate(self) -> bool:
+        """Enough nodes answered that each meets every majority write: every acknowledged document is here."""
+        return len(self.held) >= self.total - majority(self.total) + 1
+
+    def stale(self, name: str, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
+        """Nodes among `nodes` that answered and hold no copy, or an older one, of the newest `name`."""
+        version = self.newest[name].version
+        return [n for n in nodes if n.id in self.held and self.held[n.id].get(name, "") < version]
+
+
+async def snapshot(client: NodeClient, nodes: Sequence[NodeInfo], ns: str, total: int | None = None) -> KVSnapshot:
+    """List a namespace on `nodes` (of the `total` its documents are written across; default: these); a node
+    that does not answer is left out of `held`."""
+    answers = await asyncio.gather(*(client.list_kv(n, ns) for n in nodes), return_exceptions=True)
+    snap = KVSnapshot(ns, total=len(nodes) if total is None else total)
+    for node, records in zip(nodes, answers):
+        if isinstance(records, (NodeError, OSError, asyncio.TimeoutError)):
+            continue
+        if isinstance(records, BaseException):
+            raise records
+        snap.held[node.id] = {r.name: r.version for r in records}
+        for r in records:
+            if r.name not in snap.newest or r.version > snap.newest[r.name].version:
+                snap.newest[r.name] = r
+    return snap
+
+
+Placement = Callable[[str, str, str], list[NodeInfo]]
+"""(bucket, key, bucket pool) -> the owners of that object key's partition."""
+
+
+async def copy_back(client: NodeClient, nodes: Sequence[NodeInfo], placement: Placement,
+                    buckets: KVSnapshot | None = None) -> int:
+    """Anti-entropy of every namespace: write the newest copy of each document (tombstones too) to each node that
+    should hold it and answered without it — a node whose disk was wiped or that was down or new when it was
+    written. Returns how many copies were written.
+
+    A node that did not answer is left alone, so a document is never judged missing on a node nobody heard.
+    Bucket and user records belong on every node; an upload and its parts on the owners of the key's
+    partition in the current map (after a membership change they so reach the new owners); a part whose
+    upload record is gone everywhere is left where it is. `buckets`: a snapshot of the bucket namespace
+    just taken over the same nodes.
+    """
+    buckets = buckets or await snapshot(client, nodes, BUCKETS)
+    snaps = [buckets, await snapshot(client, nodes, USERS)]
+    copies: list[tuple[NodeInfo, KVRecord]] = []
+    for snap in snaps:
+        for name, rec in snap.newest.items():
+            copies += [(n, rec) for n in snap.stale(name, nodes)]
+    uploads, parts = await snapshot(client, nodes, UPLOADS), await snapshot(client, nodes, PARTS)
+    homes: dict[str, list[NodeInfo]] = {}  # upload id -> owners
+    for name, rec in uploads.newest.items():
+        bucket, _, upload_id = name.partition(SEP)
+        key = rec.value.get("key")
+        if not isinstance(key, str):
+            continue
+        pool = buckets.newest[bucket].value.get("pool") if bucket in buckets.newest else None
+        homes[upload_id] = placement(bucket, key, pool)
+        copies += [(n, rec) for n in uploads.stale(name, homes[upload_id])]
+    for name, rec in parts.newest.items():
+        owners = homes.get(name.partition(SEP)[0])
+        if owners:
+            copies += [(n, rec) for n in parts.stale(name, owners)]
+
+    sem = asyncio.Semaphore(16)
+
+    async def put(node: NodeInfo, rec: KVRecord) -> bool:
+        async with sem:
+            try:
+                await client.put_kv(node, rec)
+                return True
+            except (NodeError, OSError, asyncio.TimeoutError):
+                return False
+
+    return sum(await asyncio.gather(*(put(n, r) for n, r in copies)))

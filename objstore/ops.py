@@ -166,6 +166,7 @@ def repair_command(cluster_path: str, once: bool, bandwidth_mb: float, concurren
     click.echo(f"scanned {stats.partitions_scanned} partitions, {stats.objects_scanned} objects; "
                f"rebuilt {stats.shards_rebuilt} shards of {stats.objects_rebuilt} objects ({stats.bytes_rebuilt} bytes); "
                f"removed {stats.handoffs_removed} handoff copies and {stats.garbage_removed} garbage versions; "
+               f"copied {stats.kv_copied} bucket/user/upload records back; "
                f"{stats.failures} failures")
     if stats.failures:
         raise SystemExit(1)

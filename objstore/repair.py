@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 from objstore.client import NodeClient, NodeError
 from objstore.cluster import DEFAULT_POOL, NodeInfo
+from objstore.kv import BUCKETS, copy_back, snapshot
 from objstore.objects import ObjectIO, ReadFailed
 from objstore.ring import Ring
-from objstore.versions import version_time_ns, wall_ns
+from objstore.versions import is_null, version_time_ns, wall_ns
 from objstore.view import ClusterView
 
 log = logging.getLogger("objstore.repair")
@@ -39,6 +40,7 @@ class RepairStats:
     bytes_remaining: int = 0
     handoffs_removed: int = 0
     garbage_removed: int = 0
+    kv_copied: int = 0
     failures: int = 0
     started: float = 0.0
     finished: float = 0.0
@@ -114,7 +116,21 @@ class Repairer:
 
     async def run_pass(self, progress: Callable[[RepairStats], None] | None = None) -> RepairStats:
         stats = self.stats = RepairStats(started=time.time())
-        buckets = await self._bucket_settings()
+        nodes = [n for n in self.view.all_nodes() if self.alive(n)]
+        snap = await snapshot(self.client, nodes, BUCKETS, total=len(self.view.all_nodes()))
+        if not snap.quorate:
+            # Without a majority the bucket records may be missing or old: a versioned bucket would look
+            # unversioned (its older versions retired), a bucket of another pool would move to the default.
+            stats.failures += 1
+            stats.finished = time.time()
+            self.last = stats
+            log.warning("repair: bucket records heard from %d of %d nodes; pass skipped", len(snap.held),
+                        snap.total)
+            return stats
+        if self.me is None or self.me == min(n.id for n in nodes):
+            stats.kv_copied = await copy_back(self.client, nodes, self._owners_of_key, buckets=snap)
+        buckets = {name: (r.value.get("pool"), r.value.get("versioning")) for name, r in snap.newest.items()
+                   if not r.deleted}
         rings = [self.view.ring(None)] + [self.view.ring(p.name) for p in self.view.map.pools]
         held = await self._partitions_held()
         tasks: list[Task] = []
@@ -148,15 +164,9 @@ class Repairer:
         self.last = stats
         return stats
 
-    async def _bucket_settings(self) -> dict[str, tuple[str | None, str | None]]:
-        """bucket -> (pool, versioning), from any node (buckets live on every node)."""
-        for node in self.view.by_availability(self.view.all_nodes()):
-            try:
-                recs = await self.client.list_kv(node, "bucket")
-            except (NodeError, OSError, asyncio.TimeoutError):
-                continue
-            return {r.name: (r.value.get("pool"), r.value.get("versioning")) for r in recs if not r.deleted}
-        return {}
+    def _owners_of_key(self, bucket: str, key: str, pool: str | None) -> list[NodeInfo]:
+        ring = self.view.ring(pool)
+        return list(ring.owners(ring.partition_of(bucket, key)))
 
     async def _partitions_held(self) -> set[int]:
         nodes = [n for n in self.view.all_nodes() if self.alive(n)]
@@ -199,18 +209,22 @@ class Repairer:
         tasks = []
         now = wall_ns()
         for (bucket, key), versions in holders.items():
-            versioned = buckets.get(bucket, (None, None))[1] == "Enabled"
-            tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioned, now, stats, complete)
+            # A bucket without a record (its objects outlived it) keeps every version: nothing says it may go.
+            versioning = buckets.get(bucket, (None, "Enabled"))[1]
+            tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioning, now, stats, complete)
         return tasks
 
     async def _plan_key(self, ring: Ring, p: int, owners: list[NodeInfo], bucket: str, key: str,
-                        versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioned: bool,
+                        versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioning: str | None,
                         now: int, stats: RepairStats, complete: bool) -> list[Task]:
         k, width = ring.ec.k, ring.ec.width
         owner_ids = {n.id for n in owners}
         ordered = sorted(versions, reverse=True)
         visible = [v for v in ordered if len({s for _, s, _, h in versions[v] if h}) >= k]
-        newest = visible[0] if visible else None
+        # What a write retires (gateway/versioning.py): a null version is replaced by a newer null version
+        # unless versioning is Enabled; a version written while it was Enabled stays until deleted by id.
+        nulls = [v for v in visible if is_null(v)] if versioning != "Enabled" else []
+        newest = nulls[0] if nulls else None
         tasks = []
         for v in ordered:
             entries = versions[v]
@@ -218,7 +232,7 @@ class Repairer:
             healthy_idx = {s for _, s, _, h in entries if h}
             # An older version goes only once the newer one has stood past the grace period too: a newer
             # write that is failing may show k records for a moment before its cleanup removes them.
-            superseded = (newest is not None and v < newest and not versioned
+            superseded = (newest is not None and v < newest and is_null(v)
                           and self._aged(bucket, key, newest, now) and len(_healthy(versions[newest])) == width)
             # A write that never reached k nodes (damaged shards still count: unreadable is not garbage).
             failed = complete and len({s for _, s, _, _ in entries}) < k

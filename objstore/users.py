@@ -20,16 +20,15 @@ from rich.table import Table
 
 from objstore.cluster import NodeInfo
 from objstore.config import User
-from objstore.kv import KVUnavailable, ReplicatedKV
+from objstore.kv import BUCKETS, USERS, KVUnavailable, ReplicatedKV
 from objstore.quorum import QuorumError
 from objstore.records import KVRecord
 from objstore.versions import CLOCK, new_version, version_time_ns
 
 log = logging.getLogger("objstore.users")
 
-NS = "user"
-"""The KV namespace of users (reserved: nothing else writes there); a record's name is the access key."""
-BUCKET_NS = "bucket"  # where gateway/buckets.py keeps bucket records (read here only to warn on delete)
+NS = USERS  # a record's name is the access key
+BUCKET_NS = BUCKETS  # read here only to warn on delete
 
 REFRESH_INTERVAL = 2.0
 """Seconds between two full reads of the cluster's users by a gateway: a deleted key stops working within it."""

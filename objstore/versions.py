@@ -49,6 +49,15 @@ def version_time_ns(version: str) -> int:
     return int(version[:16], 16)
 
 
+NULL_MARK = 16
+"""Index of the first hex digit of a version id's random half; its top bit set marks an S3 null version."""
+
+
+def is_null(version: str) -> bool:
+    """A null version: written while its bucket's versioning was not Enabled (see gateway/versioning.py)."""
+    return int(version[NULL_MARK], 16) >= 8
+
+
 def is_version(s: str) -> bool:
     if len(s) != VERSION_LEN:
         return False

@@ -119,6 +119,15 @@ def append_garbage(path: Path) -> None:
         f.write(b"garbage" * 10)
 
 
+def kv_names(cluster: DevCluster, node_id: str, ns: str) -> set[str]:
+    """Names of the live (not deleted) KV documents of a namespace that one node holds."""
+    async def names() -> set[str]:
+        async with cluster.node_client(timeout=5.0) as client:
+            node = cluster.cluster_map().node(node_id)
+            return {r.name for r in await client.list_kv(node, ns) if not r.deleted}
+    return asyncio.run(names())
+
+
 def damage_record(cluster: DevCluster, node_id: str, bucket: str, key: str) -> int:
     """Overwrite a node's stored record of a key with truncated bytes (SQLite stays consistent)."""
     db = sqlite3.connect(cluster.node(node_id).data_dir / "records.db", timeout=10)

@@ -10,8 +10,9 @@ import time
 import botocore.exceptions
 import pytest
 
-from tests.chaos.chaos import (FAST_REPAIR, append_garbage, damage_record, flip_byte, md5, payload, shard_files,
-                               status, truncate, wait_full_redundancy, wait_status_clean)
+from tests.chaos.chaos import (FAST_REPAIR, append_garbage, damage_record, flip_byte, kv_names, md5, payload,
+                               shard_files, status, truncate, wait_full_redundancy, wait_status_clean)
+from tests.cluster import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -38,7 +39,9 @@ def test_wiped_node_is_rebuilt_to_full_redundancy(dev_cluster_factory):
     cluster = dev_cluster_factory(down_after=2.0, node_settings=FAST_REPAIR)
     s3 = cluster.s3()
     model = fill(s3, "wipe", 24)
+    s3.create_bucket(Bucket="wipe-empty")
     wait_full_redundancy(cluster, "wipe", list(model), timeout=30)
+    assert kv_names(cluster, "n2", "bucket") >= {"wipe", "wipe-empty"}
     cluster.kill_node("n2")
     shutil.rmtree(cluster.node("n2").data_dir)
     cluster.node("n2").data_dir.mkdir()
@@ -49,6 +52,9 @@ def test_wiped_node_is_rebuilt_to_full_redundancy(dev_cluster_factory):
     check_all(s3, "wipe", model)
     clean = wait_status_clean(cluster, timeout=30, min_objects=len(model))
     assert clean["objects_degraded"] == 0 and clean["objects_unreadable"] == 0
+    # The bucket records come back too: a disk wiped one after another must not erode them.
+    wait_until(lambda: kv_names(cluster, "n2", "bucket") >= {"wipe", "wipe-empty"}, timeout=30,
+               what="bucket records copied back to the wiped node", interval=0.5)
 
 
 def test_damaged_shards_and_records_never_served_and_healed(dev_cluster_factory):
