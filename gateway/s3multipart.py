@@ -53,7 +53,7 @@ def _upload_name(bucket: str, upload_id: str) -> str:
 def _owners(gw: Gateway, bucket: Bucket, key: str) -> tuple[Ring, int, list[NodeInfo]]:
     ring = gw.view.ring(bucket.pool)
     partition = ring.partition_of(bucket.name, key)
-    return ring, partition, gw.view.by_availability(ring.owners(partition))
+    return ring, partition, gw.view.by_availability(ring.owner_nodes(partition))
 
 
 async def _kv(aw: Any) -> Any:

@@ -74,12 +74,14 @@ class ObjectIO(ObjectReader):
     # -- writing -----------------------------------------------------------------------------------
 
     def _targets(self, ring: Ring, partition: int) -> tuple[list[NodeInfo], list[NodeInfo]]:
-        """Owners (shard i to owner i) and the handoff candidates, unavailable owners replaced up front."""
-        prefs = ring.preference_list(partition)
-        width = ring.ec.width
-        owners, rest = prefs[:width], prefs[width:]
-        spares = [n for n in rest if self.view.available(n)] + [n for n in rest if not self.view.available(n)]
-        return owners, spares
+        """Owners (shard i to owner i) and the handoff candidates, unavailable owners replaced up front.
+
+        Raises WriteFailed when the pool has fewer than k+1 nodes: such a write could not survive the
+        loss of one of them, so it is refused rather than acknowledged.
+        """
+        if len(ring.nodes) < ring.ec.k + 1:
+            raise WriteFailed(f"only {len(ring.nodes)} nodes can be placed on, need {ring.ec.k + 1}")
+        return ring.owners(partition), self.view.by_availability(ring.handoffs(partition))
 
     async def _with_handoff(self, index: int, owner: NodeInfo, spares: list[NodeInfo],
                             attempt: Callable[[NodeInfo], Any]) -> tuple[NodeInfo, Any, bool]:
@@ -119,6 +121,7 @@ class ObjectIO(ObjectReader):
     async def _inline_blob(self, ring: Ring, partition: int, blob: str, payload: bytes,
                            on_payload: Callable[[bytes], None] | None) -> BlobWrite:
         ec = ring.ec
+        owners, _ = self._targets(ring, partition)
         stripe_codec = codec.codec_for(ec)
         loop = asyncio.get_running_loop()
 
@@ -133,11 +136,9 @@ class ObjectIO(ObjectReader):
             return shards
 
         shards = await loop.run_in_executor(self.executor, encode_all)
-        owners, _ = self._targets(ring, partition)
         out = BlobWrite(blob, len(payload), ec)
-        for i in range(ec.width):
+        for i, node in enumerate(owners):
             data = bytes(shards[i])
-            node = owners[i] if i < len(owners) else owners[i % max(1, len(owners))]
             out.shards.append(ShardWrite(i, node, codec.shard_checksums(data, ec.block_size), False, data))
         return out
 
@@ -145,8 +146,6 @@ class ObjectIO(ObjectReader):
                              on_payload: Callable[[bytes], None] | None) -> BlobWrite:
         ec = ring.ec
         owners, spares = self._targets(ring, partition)
-        if len(owners) + len(spares) < ec.k + 1:
-            raise WriteFailed(f"only {len(owners) + len(spares)} nodes can be placed on, need {ec.k + 1}")
         queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(SHARD_QUEUE_DEPTH) for _ in range(ec.width)]
         alive = [True] * ec.width
         size = 0

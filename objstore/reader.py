@@ -104,7 +104,7 @@ class ObjectReader:
         if self.view.moved_lately(ring, partition, MAP_SETTLE_SECONDS):
             return await self._find_everywhere(ring, partition, bucket, key, version)
         ec = ring.ec
-        owners = self.view.by_availability(ring.owners(partition))
+        owners = self.view.by_availability(ring.owner_nodes(partition))
         need = max(1, min(len(owners), max(ec.k, ec.m)))
 
         async def newest(node: NodeInfo) -> tuple[NodeInfo, list[ObjectRecord]]:

@@ -166,7 +166,7 @@ class Repairer:
 
     def _owners_of_key(self, bucket: str, key: str, pool: str | None) -> list[NodeInfo]:
         ring = self.view.ring(pool)
-        return list(ring.owners(ring.partition_of(bucket, key)))
+        return ring.owner_nodes(ring.partition_of(bucket, key))
 
     async def _partitions_held(self) -> set[int]:
         nodes = [n for n in self.view.all_nodes() if self.alive(n)]
@@ -184,8 +184,10 @@ class Repairer:
         owner_digests = {by_node.get(o.id) for o in owners}
         others_hold = any(d[1] for nid, d in by_node.items() if nid not in owner_ids)
         stats.partitions_scanned += 1
+        # Equal digests say the owners hold the same versions, not how many shards each: an owner with
+        # two slots (a pool smaller than k+m) may hold one, so such partitions are always drilled into.
         if (len(owner_digests) == 1 and None not in owner_digests and not others_hold
-                and all(self.alive(o) for o in owners) and len(owners) == ring.ec.width
+                and all(self.alive(o) for o in owners) and len(owner_ids) == ring.ec.width
                 and pool_name == DEFAULT_POOL and not self.view.map.pools):
             stats.partitions_in_sync += 1
             count = next(iter(owner_digests))[1]  # type: ignore[index]

@@ -74,6 +74,7 @@ class Ring:
             (n, n.id.encode()) for n in self.nodes
         )
         self._lists: dict[int, tuple[NodeInfo, ...]] = {}
+        self._slots: dict[int, tuple[NodeInfo, ...]] = {}
         self._by_node: dict[str, list[int]] | None = None
 
     def __repr__(self) -> str:
@@ -91,7 +92,29 @@ class Ring:
         return list(self._preference(partition))
 
     def owners(self, partition: int) -> list[NodeInfo]:
-        """The first k+m nodes of the preference list (all of them if the pool is smaller)."""
+        """Owner of each shard index: the first k+m nodes of the preference list.
+
+        A pool of fewer than k+m nodes still gets k+m slots, so its objects can be whole: the extra
+        slots go to owners again, each to the owner of the zone, then the node, with the fewest slots
+        so far (preference order breaks ties). A node losing such a partition loses two shards of it.
+        """
+        slots = self._slots.get(partition)
+        if slots is None:
+            distinct = list(self._preference(partition)[: self.owner_count])
+            slots_list = list(distinct)
+            if distinct:
+                per_zone = Counter(n.zone for n in distinct)
+                per_node = Counter(n.id for n in distinct)
+                while len(slots_list) < self.ec.width:
+                    extra = min(distinct, key=lambda n: (per_zone[n.zone], per_node[n.id]))
+                    slots_list.append(extra)
+                    per_zone[extra.zone] += 1
+                    per_node[extra.id] += 1
+            slots = self._slots[partition] = tuple(slots_list)
+        return list(slots)
+
+    def owner_nodes(self, partition: int) -> list[NodeInfo]:
+        """The partition's owners, each once, in preference order."""
         return list(self._preference(partition)[: self.owner_count])
 
     def handoffs(self, partition: int) -> list[NodeInfo]:

@@ -158,6 +158,31 @@ def test_removed_dead_node_is_rebuilt_elsewhere(dev_cluster_factory):
     check_all(s3, "gone", model)
 
 
+def test_removing_a_node_of_six_keeps_objects_whole(dev_cluster_factory):
+    """Five nodes left for 4+2: one owner per partition takes a second shard, and every object, old or new,
+    gets back to k+m healthy shards; status reaches zero objects at risk."""
+    from objstore.ops import _publish, open_cluster
+    from dataclasses import replace
+
+    cluster = dev_cluster_factory(down_after=2.0, node_settings=FAST_REPAIR)
+    s3 = cluster.s3()
+    model = fill(s3, "five", 18, seed=4)
+    wait_full_redundancy(cluster, "five", list(model), timeout=30)
+    cluster.kill_node("n6")
+    cmap, secret, map_path = open_cluster(str(cluster.data_dir / "cluster.json"))
+    new = cmap.with_changes(nodes=tuple(replace(n, state="removed") if n.id == "n6" else n for n in cmap.nodes))
+    assert _publish(new, secret, map_path) == 5
+    for i, size in enumerate((10, 300_000, 2_000_000)):  # inline, one stripe, streamed
+        data = payload(900 + i, size)
+        s3.put_object(Bucket="five", Key=f"after/{i}", Body=data)
+        model[f"after/{i}"] = md5(data)
+    took = wait_full_redundancy(cluster, "five", list(model), timeout=90)
+    print(f"\nfive nodes: every object whole again {took:.1f}s after the removal")
+    check_all(s3, "five", model)
+    clean = wait_status_clean(cluster, timeout=60, min_objects=len(model))
+    assert clean["objects_degraded"] == 0 and clean["objects_unreadable"] == 0
+
+
 def test_writes_go_to_handoffs_and_move_home(dev_cluster_factory):
     """With an owner down, shards land on a handoff (recorded as such); when it returns, they move home."""
     import asyncio

@@ -225,10 +225,14 @@ def test_owners_spread_over_zones(cm: ClusterMap) -> None:
     for p in range(ring.partitions):
         pref = ring.preference_list(p)
         owners = ring.owners(p)
+        distinct = ring.owner_nodes(p)
         assert sorted(n.id for n in pref) == sorted(n.id for n in eligible)
-        assert owners == pref[: len(owners)]
-        # A partition always gets as many owners as the pool can give it.
-        assert len(owners) == min(cm.ec.width, len(eligible))
+        # A partition always gets as many distinct owners as the pool can give it, and a slot per shard:
+        # a pool smaller than k+m gives some owners a second slot, never a node a third before all have two.
+        assert distinct == pref[: min(cm.ec.width, len(eligible))]
+        assert len(owners) == cm.ec.width and owners[: len(distinct)] == distinct
+        assert {n.id for n in owners} == {n.id for n in distinct}
+        assert max(Counter(n.id for n in owners).values()) == -(-cm.ec.width // len(distinct))
         per_zone = Counter(n.zone for n in owners)
         if zones >= cm.ec.width:
             assert max(per_zone.values()) == 1
@@ -403,7 +407,8 @@ def test_pool_rings_never_leave_the_pool(cm: ClusterMap) -> None:
             assert {n.id for n in pref} == members  # owners and every handoff candidate
             assert all(n.matches(pool.selector) for n in pref)
             # Too small a pool still places what it can; the gateway refuses writes it cannot place.
-            assert len(ring.owners(p)) == min(pool.ec.width, len(members))
+            assert len(ring.owner_nodes(p)) == min(pool.ec.width, len(members))
+            assert {n.id for n in ring.owners(p)} == {n.id for n in ring.owner_nodes(p)}
             leader = ring.leader(p)
             assert (leader is None) == (not members) and (leader is None or leader.id in members)
 
