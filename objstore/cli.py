@@ -230,11 +230,12 @@ def cluster_init(
         partition_bits=partition_bits,
     )
     zones = {n.zone for n in nodes}
-    if len(nodes) < cmap.ec.width:
-        click.echo(
-            f"Warning: {len(nodes)} nodes for {k}+{m}: some partitions will have fewer than {k + m} owners.",
-            err=True,
-        )
+    if len(nodes) < k + 1:
+        click.echo(f"Warning: {len(nodes)} nodes for {k}+{m}: writes need at least {k + 1} and will be refused.",
+                   err=True)
+    elif len(nodes) < cmap.ec.width:
+        click.echo(f"Warning: {len(nodes)} nodes for {k}+{m}: some nodes will hold two shards of an object, "
+                   f"so losing one costs two.", err=True)
     cmap.save(out)
     click.echo(f"Wrote {out}: epoch 1, {k}+{m}, {len(nodes)} nodes in {len(zones)} zones.")
 
