@@ -121,6 +121,9 @@ def status_command(cluster_path: str, as_json: bool) -> None:
     """Show each node's state as every node sees it, object health, and repair progress."""
     cmap, secret, _ = open_cluster(cluster_path)
     status = asyncio.run(collect_status(cmap, secret))
+    if not any(n["reachable"] for n in status["nodes"]):
+        tried = ", ".join(n["address"] for n in status["nodes"])
+        raise click.ClickException(f"no node of the cluster answered (tried {tried})")
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
     else:

@@ -127,6 +127,22 @@ def test_cluster_show_follows_a_dev_cluster_file(tmp_path: Path) -> None:
     assert "10.0.0.3:9001" in result.output
 
 
+def test_status_of_a_cluster_nobody_answers_for_is_one_line_and_fails(tmp_path: Path) -> None:
+    from tests.cluster import free_port_range
+
+    port = free_port_range(2)
+    result = run("cluster", "init", "--out", str(tmp_path / "map.json"), "--k", "1", "--m", "1",
+                 "--node", f"n1=127.0.0.1:{port}@z1", "--node", f"n2=127.0.0.1:{port + 1}@z2")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "cluster.json").write_text(json.dumps({"map": "map.json", "secret_file": str(tmp_path / "secret")}))
+    for extra in ([], ["--json"]):
+        result = run("status", "--cluster", str(tmp_path / "cluster.json"), *extra)
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            f"Error: no node of the cluster answered (tried 127.0.0.1:{port}, 127.0.0.1:{port + 1})"]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
