@@ -17,11 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_node_config(args.config)
         from node.server import run
 
-        run(cfg)
+        return run(cfg)
     except (ConfigError, ClusterMapError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from objstore.client import NodeClient
-from objstore.cluster import NodeInfo
+from objstore.cluster import EXIT_RESTART, NodeInfo
 from objstore.kv import PARTS
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
@@ -28,6 +30,8 @@ log = logging.getLogger("objstore.node.loops")
 
 PART_BLOB = re.compile(r"(?P<upload>[0-9a-f]{32})-(?P<number>\d{5})-[0-9a-f]+")
 """Blob id of a multipart part (gateway/s3multipart.py): the upload id, the part number, a random suffix."""
+DISK_WATCH_INTERVAL = 1.0
+"""Seconds between two checks that the records database is still the one the node opened."""
 LOOKUP_TIMEOUT = 5.0
 """Seconds a peer may take to answer whether it still needs a shard before the shard is kept for now."""
 
@@ -59,7 +63,28 @@ class Loops:
 
     def start(self) -> list[asyncio.Task[Any]]:
         return [asyncio.create_task(self.heartbeat()), asyncio.create_task(self.repair_loop()),
-                asyncio.create_task(self.scrub_loop()), asyncio.create_task(self.pending_gc_loop())]
+                asyncio.create_task(self.scrub_loop()), asyncio.create_task(self.pending_gc_loop()),
+                asyncio.create_task(self.disk_watch())]
+
+    async def disk_watch(self) -> None:
+        """Stop the node (exit code EXIT_RESTART) once its records database is gone or replaced.
+
+        A data dir wiped under a running node leaves it serving from open files that no longer exist:
+        it would go on claiming shards it lost, and repair would trust it. Started again, it opens an
+        empty store, says it holds nothing, and repair refills it.
+        """
+        node = self.node
+        db = Path(node.cfg.data_dir) / "records.db"
+        identity = _file_identity(db)
+        while identity is not None:
+            await asyncio.sleep(DISK_WATCH_INTERVAL)
+            now = _file_identity(db)
+            if now != identity:
+                log.critical("data dir %s was wiped or replaced under the running node (records.db %s): "
+                             "stopping to start again empty", node.cfg.data_dir, "gone" if now is None else "replaced")
+                node.exit_code = EXIT_RESTART
+                node.stopping.set()
+                return
 
     async def close(self) -> None:
         await self.background.close(timeout=1.0)
@@ -212,3 +237,12 @@ class Loops:
         records = [r for r in answers if isinstance(r, KVRecord)]
         newest = max(records, key=lambda r: r.version) if records else None
         return newest is None or newest.deleted or newest.value.get("blob") != blob
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None if it is not there."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

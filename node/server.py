@@ -62,6 +62,8 @@ class Node:
     started: float = field(default_factory=time.monotonic)
     peers: dict[str, PeerState] = field(default_factory=dict)
     loops: Any = None  # node.loops.Loops once the app runs with its background loops
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int = 0  # what the process exits with once `stopping` is set
     _map_lock: threading.Lock = field(default_factory=threading.Lock)
     _counts: tuple[float, dict[str, int]] = (0.0, {})
 
@@ -462,8 +464,9 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     return app
 
 
-def run(cfg: NodeConfig) -> None:
-    """Serve the node RPC until SIGTERM or SIGINT, then stop the loops and close the store."""
+def run(cfg: NodeConfig) -> int:
+    """Serve the node RPC until SIGTERM or SIGINT (exit code 0) or until the node stops itself (its data dir
+    was wiped: EXIT_RESTART), then stop the loops and close the store. Returns the exit code."""
     setup_logging(cfg.log_level, cfg.id)
     try:
         import uvloop
@@ -473,21 +476,22 @@ def run(cfg: NodeConfig) -> None:
         pass
     host, _, port = cfg.listen.rpartition(":")
 
-    async def main() -> None:
+    async def main() -> int:
         cmap = initial_map(cfg) or await map_from_seeds(cfg)
         app = build_app(cfg, cmap)
+        node = app[NODE]
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, int(port), reuse_address=True).start()
             log.info("node %s listening on %s", cfg.id, cfg.listen, extra={"listen": cfg.listen})
-            stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+                loop.add_signal_handler(sig, node.stopping.set)
+            await node.stopping.wait()
             log.info("node %s stopping", cfg.id)
         finally:
             await runner.cleanup()
+        return node.exit_code
 
-    asyncio.run(main())
+    return asyncio.run(main())

@@ -138,7 +138,9 @@ def node_command(config_path: str) -> None:
     from objstore.config import load_node_config
 
     cfg = load_node_config(config_path)
-    _import_server("node").run(cfg)
+    code = _import_server("node").run(cfg)
+    if code:
+        sys.exit(code)
 
 
 @cli.command("gateway")

@@ -126,6 +126,9 @@ class Pool:
 
 
 DEFAULT_POOL = "default"
+EXIT_RESTART = 75
+"""Exit code of a node that stopped itself to be started again (its data dir was wiped under it): `objstore dev`
+restarts such a node at once, systemd (Restart=on-failure) and Kubernetes do anyway."""
 
 
 @dataclass(frozen=True)

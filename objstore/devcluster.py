@@ -14,7 +14,8 @@ Layout of the data dir (everything but cluster.json is created on first start an
 Children are started with PR_SET_PDEATHSIG=SIGTERM (Linux), so the kernel stops them when `objstore dev`
 dies, even by SIGKILL: no orphan keeps a port or a data dir busy. They run in their own process group, so
 Ctrl-C reaches only `objstore dev`, which then stops them in order. A child that dies is reported, not
-restarted (chaos tests kill nodes on purpose); SIGHUP restarts the dead ones.
+restarted (chaos tests kill nodes on purpose); SIGHUP restarts the dead ones. A node that stops itself with
+EXIT_RESTART (its data dir was wiped under it) is started again at once.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from objstore.auth import sign
-from objstore.cluster import DEFAULT_BLOCK_SIZE, write_file_atomic
+from objstore.cluster import DEFAULT_BLOCK_SIZE, EXIT_RESTART, write_file_atomic
 from objstore.config import ConfigError
 from objstore.devsetup import (
     DEFAULT_DATA,
@@ -316,13 +317,20 @@ class Supervisor:
         write_file_atomic(self.setup.cluster_file, json.dumps(self.describe(), indent=2).encode())
 
     def supervise(self) -> None:
-        """Report deaths until SIGTERM/SIGINT; SIGHUP restarts the dead children."""
+        """Report deaths until SIGTERM/SIGINT; SIGHUP restarts the dead children, and a node that stopped
+        itself to be started again (exit code EXIT_RESTART: its data dir was wiped) is restarted at once."""
         while not self.stop_requested:
             changed = False
+            dead = []
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None and not child.reported:
                     child.reported = changed = True
                     code = child.proc.returncode
+                    if code == EXIT_RESTART:
+                        self.console.print(f"{child.name} (pid {child.proc.pid}) asked to be started again "
+                                           f"(its data dir was wiped); log: {child.log}")
+                        dead.append(child)
+                        continue
                     how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                     self.console.print(f"[red]{child.name} (pid {child.proc.pid}) died: {how}[/red]; log: {child.log}")
             if self.restart_requested:
@@ -332,8 +340,7 @@ class Supervisor:
                 dead = [c for c in self.children if not c.running]
                 if not dead:
                     self.console.print("SIGHUP: every child is running, nothing to restart")
-                if not dead:
-                    self.console.print("SIGHUP: every child is running, nothing to restart")
+            if dead:
                 for child in dead:
                     self.console.print(f"restarting {child.name}")
                     self.spawn(child)

@@ -226,6 +226,18 @@ class DevCluster:
 
         return NodeClient(self.secret, **kwargs)
 
+    def refresh(self) -> bool:
+        """Re-read cluster.json: the pids of nodes `objstore dev` started again. True if it could be read."""
+        info = _read_cluster_file(self.data_dir / "cluster.json", self.proc.pid)
+        if info is None:
+            return False
+        self.info = info
+        pids = {n["id"]: int(n["pid"]) for n in info.get("nodes", []) if n.get("pid")}
+        for node in self.nodes:
+            if node.proc is None and node.id in pids:
+                node.pid = pids[node.id]
+        return True
+
     def node_ready(self, node_id: str) -> bool:
         node = self.node(node_id)
         return probe_node(node.listen or node.address, self.secret)

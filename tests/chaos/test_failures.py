@@ -57,6 +57,25 @@ def test_wiped_node_is_rebuilt_to_full_redundancy(dev_cluster_factory):
                what="bucket records copied back to the wiped node", interval=0.5)
 
 
+def test_data_dir_wiped_under_a_running_node(dev_cluster_factory):
+    """No kill: the node notices its records database is gone, stops with EXIT_RESTART, `objstore dev` starts
+    it again on an empty dir, and repair refills it; it never goes on claiming shards it lost."""
+    cluster = dev_cluster_factory(down_after=2.0, node_settings=FAST_REPAIR)
+    s3 = cluster.s3()
+    model = fill(s3, "live-wipe", 18, seed=5)
+    wait_full_redundancy(cluster, "live-wipe", list(model), timeout=30)
+    before = cluster.node("n3").pid
+    shutil.rmtree(cluster.node("n3").data_dir)
+    check_all(s3, "live-wipe", model)
+    wait_until(lambda: cluster.refresh() and cluster.node("n3").pid != before and cluster.node_ready("n3"),
+               timeout=30, what="n3 started again by objstore dev", interval=0.5)
+    took = wait_full_redundancy(cluster, "live-wipe", list(model), timeout=90)
+    print(f"\nfull redundancy {took:.1f}s after n3's data dir was wiped under it")
+    check_all(s3, "live-wipe", model)
+    clean = wait_status_clean(cluster, timeout=60, min_objects=len(model))
+    assert clean["objects_degraded"] == 0 and clean["objects_unreadable"] == 0
+
+
 def test_damaged_shards_and_records_never_served_and_healed(dev_cluster_factory):
     cluster = dev_cluster_factory(down_after=2.0, node_settings=FAST_REPAIR)
     s3 = cluster.s3()
