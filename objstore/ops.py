@@ -86,7 +86,8 @@ async def collect_status(cmap: ClusterMap, secret: str) -> dict[str, Any]:
                    "objects_scanned": repair.objects_scanned, "bytes_scanned": repair.bytes_rebuilt,
                    "objects_rebuilt": repair.objects_rebuilt, "shards_rebuilt": repair.shards_rebuilt,
                    "bytes_rebuilt": repair.bytes_rebuilt, "objects_remaining": repair.objects_remaining,
-                   "bytes_remaining": repair.bytes_remaining, "failures": repair.failures},
+                   "bytes_remaining": repair.bytes_remaining, "kv_copied": repair.kv_copied,
+                   "failures": repair.failures},
         "scrub": {"corrupt_found": sum((h.get("scrub") or {}).get("corrupt", 0) for h in health.values())},
     }
 
