@@ -13,7 +13,7 @@ from typing import Any
 from objstore import codec
 from objstore.client import NodeError
 from objstore.cluster import ECProfile, NodeInfo
-from objstore.quorum import QuorumError, quorum
+from objstore.quorum import settle
 from objstore.reader import ObjectReader, ObjectVersion, PartReader, ReadFailed
 from objstore.records import ObjectRecord, PartRef
 from objstore.ring import Ring
@@ -212,7 +212,8 @@ class ObjectIO(ObjectReader):
             results = await asyncio.gather(*uploads, return_exceptions=True)
             self._discard([r for r in results if isinstance(r, ShardWrite)], blob)
             raise
-        results = await asyncio.gather(*uploads, return_exceptions=True)
+        # A shard upload that has not answered well after k+1 others did (a silent node) is cut off.
+        results = await settle(uploads, lambda done: len(done) >= min(ec.width, ec.k + 1))
         written = [r for r in results if isinstance(r, ShardWrite)]
         out = BlobWrite(blob, size, ec, written)
         if len(written) < min(ec.width, ec.k + 1):
@@ -276,22 +277,25 @@ class ObjectIO(ObjectReader):
 
         _, spares = self._targets(ring, partition)
 
-        async def put(key: tuple[str, int]) -> tuple[NodeInfo, list[str] | None]:
+        async def put(key: tuple[str, int]) -> tuple[int, NodeInfo, list[str] | None]:
             node, rec = targets[key][0], records[key]
             if any(p.inline is None for p in rec.parts):  # its blobs are on that node: nowhere else will do
-                return node, await self._timed(node, self.client.put_record(node, rec))
+                return key[1], node, await self._timed(node, self.client.put_record(node, rec))
 
             async def attempt(n: NodeInfo) -> list[str] | None:  # inline shards and markers can land on a handoff
                 return await self.client.put_record(n, replace(rec, handoff=rec.handoff or n.id != node.id))
             landed, older, _ = await self._with_handoff(key[1], node, spares, attempt)
-            return landed, older
+            return key[1], landed, older
 
-        try:
-            done = await quorum(keys, put, need=len(keys), parallel=len(keys), settle=True)
-        except QuorumError as e:
-            done = e.successes
-        committed = {key[1] for key, _ in done}
-        if len(committed) < min(ec.width, ec.k + 1):
+        # Every target is waited for, except one still silent well after k+1 shard indexes are committed:
+        # it goes on in the background (its record may still land), and repair fills in what it lacks.
+        need = min(ec.width, ec.k + 1)
+        results = await settle([asyncio.ensure_future(put(key)) for key in keys],
+                               lambda done: len({index for index, _, _ in done}) >= need, background=self.background)
+        done = [(index, (node, older)) for index, node, older in
+                (r for r in results if not isinstance(r, BaseException))]
+        committed = {index for index, _ in done}
+        if len(committed) < need:
             for _, (node, _) in done:
                 self.background.spawn(self._quiet(self.client.delete_record(
                     node, template.bucket, template.key, template.version)))

@@ -129,6 +129,54 @@ async def quorum(targets: Sequence[T], call: Callable[[T], Awaitable[R]], need: 
                 fut.cancel()
 
 
+async def settle(calls: Sequence[asyncio.Future[R]], enough: Callable[[list[R]], bool], *,
+                 patience: float = 1.0, factor: float = 2.0, background: Background | None = None
+                 ) -> list[R | BaseException]:
+    """Wait for every call, but once the successes so far are `enough`, give the others only
+    max(`patience`, `factor` x the time that took) more: a node that went silent (a cut network, a
+    hung disk) costs a write about a second, not its whole timeout.
+
+    Returns each call's result or exception, in order; a call cut off this way gets a TimeoutError and
+    is handed to `background` to finish (a record that lands late still counts on its node), or
+    cancelled without one. If the caller is cancelled, every running call is cancelled too.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    running = set(calls)
+    deadline: float | None = None
+    try:
+        while running:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, running = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # the deadline passed
+            if deadline is None and enough([c.result() for c in calls if c.done() and not c.cancelled()
+                                            and c.exception() is None]):
+                now = loop.time()
+                deadline = now + max(patience, factor * (now - started))
+    except asyncio.CancelledError:
+        for c in running:
+            c.cancel()
+        raise
+    for c in running:
+        if background is not None:
+            background.spawn(_drain(c))
+        else:
+            c.cancel()
+    if background is None:
+        await asyncio.gather(*running, return_exceptions=True)
+    out: list[R | BaseException] = []
+    for c in calls:
+        if c in running:
+            out.append(TimeoutError("cut off: the others were enough and it took too long"))
+        elif c.cancelled():
+            out.append(asyncio.CancelledError())
+        else:
+            exc = c.exception()
+            out.append(exc if exc is not None else c.result())
+    return out
+
+
 async def _drain(fut: asyncio.Future[Any]) -> None:
     try:
         await fut

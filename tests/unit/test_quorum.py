@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from objstore.quorum import Background, QuorumError, quorum
+from objstore.quorum import Background, QuorumError, quorum, settle
 
 
 class Fake:
@@ -148,3 +148,55 @@ async def test_no_hedge_when_the_quorum_comes_in_time() -> None:
     fake = Fake({"a": 0.0, "b": 0.01, "c": 0.0})
     got = await asyncio.wait_for(quorum(["a", "b", "c"], fake, need=2, parallel=2, hedge_after=1.0), 2)
     assert [r for _, r in got] == ["A", "B"] and fake.started == ["a", "b"]
+
+
+# ---------------------------------------------------------------- settle: every call, stragglers cut off
+
+
+def start(fake: Fake, targets: str) -> list[asyncio.Future[str]]:
+    return [asyncio.ensure_future(fake(t)) for t in targets]
+
+
+async def test_settle_waits_for_every_call_that_answers_in_time() -> None:
+    fake = Fake({"a": 0.01, "b": 0.02, "c": 0.03}, failing={"b"})
+    results = await settle(start(fake, "abc"), lambda done: len(done) >= 1, patience=1.0)
+    assert results[0] == "A" and isinstance(results[1], OSError) and results[2] == "C"
+    assert fake.cancelled == []
+
+
+async def test_settle_cuts_off_a_silent_call_once_the_others_are_enough() -> None:
+    fake = Fake({"a": 0.01, "b": 0.01, "c": 60.0})
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    results = await settle(start(fake, "abc"), lambda done: len(done) >= 2, patience=0.1, factor=2.0)
+    assert loop.time() - began < 5.0  # not the silent call's 60 s
+    assert results[:2] == ["A", "B"] and isinstance(results[2], TimeoutError)
+    assert fake.cancelled == ["c"]  # no background to own it: cancelled, and awaited
+
+
+async def test_settle_hands_a_cut_off_call_to_the_background_to_finish() -> None:
+    fake = Fake({"a": 0.01, "b": 0.5})
+    background = Background()
+    results = await settle(start(fake, "ab"), lambda done: len(done) >= 1, patience=0.05, factor=0.0,
+                           background=background)
+    assert results[0] == "A" and isinstance(results[1], TimeoutError)
+    assert len(background) == 1 and fake.cancelled == []
+    await background.close(timeout=5.0)
+    assert fake.finished == ["a", "b"]  # it landed late, as a straggler of a write would
+
+
+async def test_settle_without_enough_waits_for_all_however_long() -> None:
+    fake = Fake({"a": 0.01, "b": 0.3}, failing={"a"})
+    results = await settle(start(fake, "ab"), lambda done: len(done) >= 2, patience=0.01, factor=0.0)
+    assert isinstance(results[0], OSError) and results[1] == "B"
+
+
+async def test_settle_cancelled_cancels_its_calls() -> None:
+    fake = Fake({"a": 60.0, "b": 60.0})
+    task = asyncio.ensure_future(settle(start(fake, "ab"), lambda done: False))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert sorted(fake.cancelled) == ["a", "b"]
