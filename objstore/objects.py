@@ -24,8 +24,9 @@ log = logging.getLogger("objstore.objects")
 
 INLINE_MAX_SHARD = 64 * 1024
 """Shards up to this size travel inside the record: a small object costs no file on any node."""
-SHARD_QUEUE_DEPTH = 4
-"""Blocks buffered per shard upload: bounds gateway memory at about width * depth * block_size."""
+SHARD_QUEUE_DEPTH = 2
+"""Blocks buffered per shard upload, besides the one being sent: bounds gateway memory at about
+width * depth * block_size per write (at 4+2 and 256 KiB blocks: 3 MiB; it was 4 blocks, 6 MiB)."""
 SHARD_STALL_TIMEOUT = 5.0
 """Seconds a shard upload may refuse new blocks before the write drops it and goes on without it."""
 
@@ -116,7 +117,9 @@ class ObjectIO(ObjectReader):
         head, rest = await _peek(source, ec.k * INLINE_MAX_SHARD + 1)
         if rest is None:
             return await self._inline_blob(ring, partition, blob, head, on_payload)
-        return await self._streamed_blob(ring, partition, blob, _chain(head, rest), on_payload)
+        # Only the chain may hold the head: it lets go of it once yielded, this frame would not.
+        chained, head = _chain([head], rest), b""
+        return await self._streamed_blob(ring, partition, blob, chained, on_payload)
 
     async def _inline_blob(self, ring: Ring, partition: int, blob: str, payload: bytes,
                            on_payload: Callable[[bytes], None] | None) -> BlobWrite:
@@ -485,8 +488,16 @@ async def _peek(source: AsyncIterable[bytes], limit: int) -> tuple[bytes, AsyncI
     return bytes(buf), it
 
 
-async def _chain(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if head:
-        yield head
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`head` (a one-item list, emptied as it is yielded) then `rest`.
+
+    The list is popped rather than held in a local, so the head's k x 64 KiB are freed once the
+    encoder has taken them instead of staying referenced for as long as the body streams.
+    """
+    while head:
+        chunk = head.pop()
+        if chunk:
+            yield chunk
+        del chunk
     async for chunk in rest:
         yield chunk
