@@ -10,11 +10,13 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from objstore.metrics import ProcessMetrics, SecondWindow
 from objstore.view import ClusterView
+
+from gateway.budget import WriteBudget
 
 log = logging.getLogger("objstore.gateway.access")
 
@@ -40,6 +42,25 @@ class ViewCollector(Collector):
         for node in self.view.all_nodes():
             available.add_metric([node.id], 1.0 if self.view.available(node) else 0.0)
         yield available
+
+
+class BudgetCollector(Collector):
+    """The write budget (gateway/budget.py), read at scrape time: bytes reserved, writes waiting, writes refused."""
+
+    def __init__(self, budget: WriteBudget) -> None:
+        self.budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.budget
+        yield GaugeMetricFamily("objstore_gateway_write_budget_bytes",
+                                "Bytes the writes in flight may buffer (write_buffer_mb).", value=b.capacity)
+        yield GaugeMetricFamily("objstore_gateway_write_budget_in_use_bytes",
+                                "Bytes of the write budget reserved by writes in flight.", value=b.in_use)
+        yield GaugeMetricFamily("objstore_gateway_write_budget_waiting",
+                                "Writes queued for their share of the write budget.", value=b.waiting)
+        yield CounterMetricFamily("objstore_gateway_write_budget_refused",
+                                  "Writes answered 503 SlowDown after write_wait seconds in the queue.",
+                                  value=b.refused)
 
 
 class GatewayMetrics(ProcessMetrics):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway import checksums, versioning
 from gateway.buckets import Bucket
+from gateway.budget import declared_size, write_share
 from gateway.errors import S3Error
 from gateway.headers import (
     check_write_headers,
@@ -158,7 +159,8 @@ def _part_checksum_algorithm(req: S3Request, upload: Upload) -> str | None:
 
 
 async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, source: Any,
-                      expect_md5: bytes | None, algorithm: str | None = None) -> dict[str, Any]:
+                      expect_md5: bytes | None, algorithm: str | None = None, size: int | None = None
+                      ) -> dict[str, Any]:
     ring, partition, owners = _owners(gw, bucket, upload.key)
     blob_id = f"{upload.upload_id}-{number:05d}-{secrets.token_hex(4)}"
     md5 = hashlib.md5()
@@ -169,7 +171,8 @@ async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, 
         if summer is not None:
             summer.update(payload)
     try:
-        bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=feed)
+        async with write_share(gw.budget, ring.ec, size):  # 503 SlowDown if no share within write_wait
+            bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=feed)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
     if expect_md5 is not None and md5.digest() != expect_md5:
@@ -194,7 +197,8 @@ async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
     number = _part_number(req)
     upload = await _load_upload(gw, bucket, req)
     algorithm = _part_checksum_algorithm(req, upload)
-    value = await _store_part(gw, bucket, upload, number, req.payload, content_md5(req.headers), algorithm)
+    value = await _store_part(gw, bucket, upload, number, req.payload, content_md5(req.headers), algorithm,
+                              size=declared_size(req.payload))
     headers = {"ETag": quote_etag(value["etag"])}
     if "checksum" in value:
         headers[checksums.header_name(algorithm or "")] = value["checksum"]["value"]
@@ -227,7 +231,8 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if "x-amz-copy-source-range" in req.headers:
         offset, length = _copy_range(req.headers["x-amz-copy-source-range"], src.record.size)
     algorithm = (upload.meta.get("checksum") or {}).get("algorithm")
-    value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None, algorithm)
+    value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None, algorithm,
+                              size=length)
     result: dict[str, object] = {"LastModified": ns_datetime(value["modified"]), "ETag": quote_etag(value["etag"])}
     if "checksum" in value:
         result[f"Checksum{value['checksum']['algorithm'].upper()}"] = value["checksum"]["value"]

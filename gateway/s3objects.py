@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway import versioning
 from gateway.buckets import Bucket
+from gateway.budget import declared_size, write_share
 from gateway.errors import S3Error
 from gateway.headers import (
     ObjectMeta,
@@ -69,14 +70,19 @@ async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None
 async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncIterator[bytes] | object,
                        meta: ObjectMeta, expect_md5: bytes | None = None,
                        checksum: dict[str, str] | None = None,
-                       payload_checksum: object | None = None) -> ObjectRecord:
-    """Erasure-code `source` into a new version of bucket/key and commit it. Nothing is visible on failure."""
+                       payload_checksum: object | None = None, size: int | None = None) -> ObjectRecord:
+    """Erasure-code `source` into a new version of bucket/key and commit it. Nothing is visible on failure.
+
+    `size` (None: not known) is what the client declared: the write waits for its share of the write
+    budget (503 SlowDown if it does not come) before it reads a byte.
+    """
     ring = gw.view.ring(bucket.pool)
     partition = ring.partition_of(bucket.name, key)
     md5 = hashlib.md5()
     try:
-        blob = await gw.io.write_blob(ring, partition, new_version(), source,  # type: ignore[arg-type]
-                                      on_payload=md5.update)
+        async with write_share(gw.budget, ring.ec, size):
+            blob = await gw.io.write_blob(ring, partition, new_version(), source,  # type: ignore[arg-type]
+                                          on_payload=md5.update)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
     try:
@@ -142,7 +148,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     expect_md5 = content_md5(req.headers)
     await _check_write_conditions(gw, bucket, req)
     rec = await store_object(gw, bucket, req.key, req.payload, meta, expect_md5,
-                             payload_checksum=_payload_checksum(req))
+                             payload_checksum=_payload_checksum(req), size=declared_size(req.payload))
     headers = {"ETag": quote_etag(rec.etag)}
     if (v := versioning.shown_on_write(bucket, rec.version)) is not None:
         headers["x-amz-version-id"] = v
@@ -344,7 +350,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     else:
         meta = ObjectMeta(rec.content_type, dict(rec.headers), dict(rec.meta))
     new = await store_object(gw, bucket, req.key, gw.io.read(src), meta,
-                             checksum=rec.checksum if not rec.multipart else None)
+                             checksum=rec.checksum if not rec.multipart else None, size=rec.size)
     headers = {}
     if (v := versioning.shown_on_write(bucket, new.version)) is not None:
         headers["x-amz-version-id"] = v

@@ -29,6 +29,7 @@ from objstore.users import REFRESH_INTERVAL, UserDirectory, UserStore
 from objstore.view import ClusterView
 
 from gateway import admin, metrics
+from gateway.budget import WriteBudget, malloc_trim
 from gateway.buckets import Buckets
 from gateway.errors import S3Error, error_response
 from gateway.sigv4 import Authenticator, PayloadReader, access_key_of
@@ -54,6 +55,7 @@ class Gateway:
     background: Background
     users: dict[str, User] = field(default_factory=dict)  # config and cluster users, kept by `directory`
     directory: UserDirectory | None = None
+    budget: WriteBudget = field(default_factory=lambda: WriteBudget(64_000_000, 5.0))  # bytes writes may buffer
 
 
 @dataclass
@@ -168,7 +170,9 @@ async def s3_middleware(request: web.Request, handler: Callable[[web.Request], A
     try:
         response = await handler(request)
     except S3Error as e:
-        if e.status >= 500:
+        if e.code == "SlowDown":  # load shed on purpose (gateway/budget.py): counted, one line each
+            log.info("request %s %s %s answered SlowDown", request_id, request.method, resource)
+        elif e.status >= 500:
             log.warning("request %s %s %s failed: %s", request_id, request.method, resource, e)
         return error_response(e, request_id, resource, head=request.method == "HEAD")
     except web.HTTPException:
@@ -303,10 +307,20 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     directory = UserDirectory(cfg.users, UserStore(kv, lambda: view.by_availability(view.all_nodes())))
     users = directory.users
     gw = Gateway(cfg, view, client, ObjectIO(view, client, executor, background), kv, Buckets(view, kv), Authenticator(users, cfg.region), executor, background, users, directory)
+    loop = asyncio.get_running_loop()
+
+    async def trim() -> None:
+        await loop.run_in_executor(executor, malloc_trim)
+
+    # Once no write is in flight, what glibc kept of their stripes goes back to the kernel.
+    gw.budget = WriteBudget(int(cfg.write_buffer_mb * 1_000_000), cfg.write_wait,
+                            on_idle=lambda: background.spawn(trim()))
     app = web.Application(middlewares=[metrics.observe_middleware, s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
     app[GATEWAY] = gw
     app.router.add_get("/_objstore/health", handle_health)
-    admin.install(app, users, view, cfg.secret).register(UsersCollector(directory))
+    gw_metrics = admin.install(app, users, view, cfg.secret)
+    gw_metrics.register(UsersCollector(directory))
+    gw_metrics.register(metrics.BudgetCollector(gw.budget))
     app.router.add_route("*", "/{tail:.*}", handle_s3, expect_handler=expect_continue)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

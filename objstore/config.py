@@ -60,6 +60,8 @@ class GatewayConfig:
     region: str = "us-east-1"  # the region the gateway answers to in SigV4 and GetBucketLocation
     users: list[User] = field(default_factory=list)  # S3 users (env OBJSTORE_ACCESS_KEY/OBJSTORE_SECRET_KEY adds one admin)
     node_timeout: float = 10.0  # seconds before a node request counts as failed
+    write_buffer_mb: float = 64.0  # MB (10^6 bytes) of bodies and shards the writes in flight may buffer; more wait
+    write_wait: float = 5.0  # seconds a write may queue for its share of write_buffer_mb before 503 SlowDown
     log_level: str = "info"  # debug, info, warning or error
     # DNS names that address buckets virtual-hosted style (Host: <bucket>.<domain>); *.localhost resolves to loopback
     domains: list[str] = field(default_factory=lambda: ["localhost"])
@@ -157,6 +159,10 @@ def gateway_config_from_dict(raw: dict[str, Any], where: str = "gateway") -> Gat
         raise ConfigError(f"{where}: field 'secret' must not be empty (or set OBJSTORE_SECRET)")
     if not cfg.map and not cfg.seeds:
         raise ConfigError(f"{where}: set field 'map' or 'seeds'")
+    if cfg.write_buffer_mb < 1:
+        raise ConfigError(f"{where}: field 'write_buffer_mb' must be >= 1 (one streamed write buffers about 8 MB)")
+    if cfg.write_wait < 0:
+        raise ConfigError(f"{where}: field 'write_wait' must be >= 0")
     ak, sk = os.environ.get("OBJSTORE_ACCESS_KEY"), os.environ.get("OBJSTORE_SECRET_KEY")
     if ak and sk:
         cfg.users = [u for u in cfg.users if u.access_key != ak] + [User(ak, sk, "admin", True)]

@@ -18,7 +18,8 @@ from objstore.reader import ObjectReader, ObjectVersion, PartReader, ReadFailed
 from objstore.records import ObjectRecord, PartRef
 from objstore.ring import Ring
 
-__all__ = ["BlobWrite", "Committed", "ObjectIO", "ObjectVersion", "ReadFailed", "ShardWrite", "WriteFailed"]
+__all__ = ["BlobWrite", "Committed", "ObjectIO", "ObjectVersion", "ReadFailed", "ShardWrite", "WriteFailed",
+           "write_buffer_bytes"]
 
 log = logging.getLogger("objstore.objects")
 
@@ -29,6 +30,21 @@ SHARD_QUEUE_DEPTH = 2
 width * depth * block_size per write (at 4+2 and 256 KiB blocks: 3 MiB; it was 4 blocks, 6 MiB)."""
 SHARD_STALL_TIMEOUT = 5.0
 """Seconds a shard upload may refuse new blocks before the write drops it and goes on without it."""
+
+
+def write_buffer_bytes(ec: ECProfile, size: int | None) -> int:
+    """The most bytes of payload and shards one write of `size` bytes (None: not known) buffers at once.
+
+    A small write holds its payload and its k+m shards; a streamed one the stripe being cut from the
+    body and the one being encoded (payload and blocks), its shard queues and one block per upload
+    being sent. What a gateway reserves of its write budget before it reads a body.
+    """
+    stripe_blocks = ec.width * ec.block_size
+    streamed = 2 * ec.stripe_size + (SHARD_QUEUE_DEPTH + 2) * stripe_blocks
+    if size is None:
+        return streamed
+    small = size + -(-size // ec.k) * ec.width
+    return min(small, streamed)
 
 
 class WriteFailed(Exception):

@@ -1,0 +1,171 @@
+"""The gateway's write budget: how many bytes the writes in flight may buffer, shared first come, first served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from objstore.cluster import ECProfile
+from objstore.objects import write_buffer_bytes
+
+from gateway.errors import S3Error
+
+log = logging.getLogger("objstore.gateway.budget")
+
+TRIM_AFTER_BYTES = 64 * 1024 * 1024
+"""Bytes granted since the last malloc_trim before the budget's next idle moment trims again."""
+
+
+class BudgetTimeout(Exception):
+    """A write waited `wait` seconds for its share of the budget without getting it (S3 answers SlowDown)."""
+
+
+class WriteBudget:
+    """A byte budget for writes in flight, handed out in arrival order.
+
+    Each write reserves, before it reads a byte of its body, the most it can buffer (a small PUT its
+    size, a streamed one a few stripes: `objstore.objects.write_buffer_bytes`), and gives it back when
+    its blob is written, failed or abandoned. A write that does not fit waits in a FIFO queue behind
+    the ones that came before it: a later write, small or large, never overtakes an earlier one, so
+    neither kind can starve the other. After `wait` seconds in the queue it gives up (BudgetTimeout).
+    """
+
+    def __init__(self, capacity: int, wait: float, on_idle: Callable[[], None] | None = None) -> None:
+        if capacity <= 0:
+            raise ValueError(f"budget capacity must be > 0, got {capacity}")
+        self.capacity = capacity
+        self.wait = wait
+        self.in_use = 0
+        self.refused = 0  # writes that gave up waiting (answered SlowDown)
+        self.granted = 0  # reservations granted, all time
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._on_idle = on_idle
+        self._since_idle = 0  # bytes granted since on_idle last ran
+
+    @property
+    def waiting(self) -> int:
+        """Writes queued for their share now."""
+        return len(self._waiters)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, nbytes: int) -> AsyncIterator[int]:
+        """Hold `nbytes` of the budget (at most all of it) for the body of the `async with`.
+
+        Raises BudgetTimeout after `wait` seconds in the queue. The share goes back however the body
+        ends: normally, on an error, or cancelled (a client that hung up).
+        """
+        n = await self.acquire(nbytes)
+        try:
+            yield n
+        finally:
+            self.release(n)
+
+    async def acquire(self, nbytes: int) -> int:
+        """Wait in line for `nbytes` (at most the whole budget); returns what was taken, for `release`."""
+        n = max(1, min(nbytes, self.capacity))
+        if not self._waiters and self.in_use + n <= self.capacity:
+            self._grant(n)
+            return n
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(self.wait):
+                await fut
+        except BaseException as e:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted in the same instant as it gave up: hand it straight back
+            else:
+                fut.cancel()
+                with contextlib.suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove(entry)
+                self._wake()  # it may have been the head that held the others back
+            if isinstance(e, TimeoutError):
+                self.refused += 1
+                raise BudgetTimeout(f"no {n} bytes of the write budget free within {self.wait:g}s "
+                                    f"({self.in_use} of {self.capacity} in use, {self.waiting} waiting)") from None
+            raise
+        return n
+
+    def _grant(self, n: int) -> None:
+        self.in_use += n
+        self.granted += 1
+        self._since_idle += n
+
+    def release(self, n: int) -> None:
+        """Give back what `acquire` returned, and let in the writes at the head of the queue that now fit."""
+        self.in_use -= n
+        self._wake()
+        if self.in_use == 0 and not self._waiters and self._since_idle >= TRIM_AFTER_BYTES and self._on_idle:
+            self._since_idle = 0
+            self._on_idle()
+
+    def _wake(self) -> None:
+        # Strict FIFO: the head is served first; those behind it wait even if they would fit.
+        while self._waiters:
+            n, fut = self._waiters[0]
+            if fut.done():  # cancelled, its owner removes it; do not let it block the queue meanwhile
+                self._waiters.popleft()
+                continue
+            if self.in_use + n > self.capacity:
+                return
+            self._waiters.popleft()
+            self._grant(n)
+            fut.set_result(None)
+
+
+@contextlib.asynccontextmanager
+async def write_share(budget: WriteBudget, ec: ECProfile, size: int | None) -> AsyncIterator[None]:
+    """Hold the share of a write of `size` bytes (None: unknown) for the body of the `async with`.
+
+    Not granted within the budget's wait: S3's 503 SlowDown, before a byte of the body is read, which
+    SDKs retry with backoff.
+    """
+    try:
+        n = await budget.acquire(write_buffer_bytes(ec, size))
+    except BudgetTimeout:
+        raise S3Error("SlowDown") from None  # counted in objstore_gateway_write_budget_refused
+    try:
+        yield
+    finally:
+        budget.release(n)
+
+
+def declared_size(payload: object) -> int | None:
+    """The body size a request declares: x-amz-decoded-content-length of aws-chunked, else Content-Length."""
+    decoded = getattr(payload, "decoded_length", None)
+    return decoded if decoded is not None else getattr(payload, "content_length", None)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def malloc_trim() -> None:
+    """Give the memory glibc keeps in its free lists (of every arena) back to the kernel.
+
+    Stripes are allocated and freed by the encoding threads, each with its own malloc arena; after a
+    burst of writes glibc keeps those pages, and RSS stays at the burst's peak. Takes a few ms.
+    """
+    if _malloc_trim is None:
+        return
+    start = time.monotonic()
+    _malloc_trim(0)
+    log.debug("malloc_trim took %.1f ms", (time.monotonic() - start) * 1000)
