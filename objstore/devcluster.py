@@ -88,6 +88,9 @@ def die_with_parent() -> Callable[[], None]:
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     env["PYTHONUNBUFFERED"] = "1"  # so a log shows the last line before a crash
+    # Two malloc arenas, not one per thread: after a burst of writes glibc would keep every encoding
+    # thread's arena at its peak (the deploy kits set the same).
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 
