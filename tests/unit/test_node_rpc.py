@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -423,3 +424,35 @@ async def test_unsigned_forged_tampered_and_stale_calls_are_refused(node: Harnes
         assert await status(path, auth.sign(SECRET, "GET", path, now=time.time() - 3600)) == 401
         assert await status("/health", {}) == 401
     assert os.listdir(node.data) == []  # nothing refused touched the disk
+
+
+async def test_client_gone_mid_blob_is_one_line_and_leaves_no_temp_file(node: Harness,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway that hangs up mid-shard (its client went away, a stalled upload dropped) is routine: one
+    line (the RPC's, status 499) and no traceback, and the temp file is removed."""
+    path = "/blob/cut/0?partition=3&block_size=" + str(BS)
+    headers = {**auth.sign(SECRET, "PUT", path), "X-Request-Id": "CUT1"}
+    host, port = node.info.address.split(":")
+    caplog.set_level(logging.DEBUG)
+    for cut in ("close", "abort"):
+        caplog.clear()
+        _, writer = await asyncio.open_connection(host, int(port))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n{head}\r\n".encode())
+        writer.write(payload(300_000))
+        await writer.drain()
+        deadline = time.monotonic() + 3
+        while not temp_files(node.data) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert temp_files(node.data), "the upload had started"
+        writer.close() if cut == "close" else writer.transport.abort()
+
+        def gone() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.getMessage() == "put_blob 499"]
+        deadline = time.monotonic() + 3
+        while (temp_files(node.data) or not gone()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert temp_files(node.data) == [], cut
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], cut
+        assert len(gone()) == 1 and gone()[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
+    assert (await node.client.stats(node.info))["blobs"] == 0
