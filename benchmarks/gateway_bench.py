@@ -15,7 +15,7 @@ ETag and every GET's MD5 are checked. A thread reads VmRSS of the gateway, of ev
 client from /proc every 0.1 s.
 
 `sweep`: the gateway's RSS against requests in flight: a --sweep-gib file uploaded with 8 MiB parts x1,
-x10 and 64 MiB parts x10, read back with 8 MiB ranges x32, then single PUTs of 32 MiB x32
+x10 and 64 MiB parts x10, read back with 8 MiB ranges x32, then single PUTs of 32 MiB x8, x16 and x32
 (benchmarks/loadgen.py) and 8 MiB parts x32, in that order (RSS kept by the allocator after one peak
 is the next one's start).
 
@@ -191,7 +191,7 @@ def run_sweep(cluster: DevCluster, path: Path, size: int, md5: str, console: Con
                                                max_seconds=120.0, max_bytes=size, prefix="sweep/puts/"))
             state.moved = results[0].bytes
             return {"ok": results[0].errors == 0, "requests": results[0].ops, "errors": results[0].errors,
-                    "part_size": object_size, "threads": concurrency}
+                    "slowdowns": results[0].slowdowns, "part_size": object_size, "threads": concurrency}
         return run
 
     def config(part: int, threads: int) -> Any:
@@ -205,7 +205,8 @@ def run_sweep(cluster: DevCluster, path: Path, size: int, md5: str, console: Con
             phases.run(f"multipart PUT {part} MiB x{threads}", size,
                        _multipart_put(s3, bucket, f"sweep/{part}x{threads}", path, size, config(part * MiB, threads)))
         phases.run("ranged GET 8 MiB x32", size, _ranged_get(s3, bucket, "sweep/8x10", size, md5, config(8 * MiB, 32)))
-        phases.run("single PUTs 32 MiB x32", size, loadgen_puts(32 * MiB, 32))
+        for threads in (8, 16, 32):
+            phases.run(f"single PUTs 32 MiB x{threads}", size, loadgen_puts(32 * MiB, threads))
         phases.run("multipart PUT 8 MiB x32", size,
                    _multipart_put(s3, bucket, "sweep/8x32", path, size, config(8 * MiB, 32)))
         time.sleep(1.0)

@@ -81,6 +81,8 @@ def _checked(p: dict[str, Any]) -> str:
         return "ETag = MD5"
     if "md5" in p:
         return "MD5"
+    if p.get("slowdowns"):
+        return f"status ({p['slowdowns']} SlowDown retried)"
     return "length" if "parts" in p else "status"
 
 
@@ -120,7 +122,8 @@ def _sweep_section(sweep: dict[str, Any]) -> list[str]:
          "The first phase also carries the gateway's first-use costs (connections to the nodes, thread-pool "
          "threads). \"per request\" is (peak - start) / threads. Multipart PUTs and ranged GETs by boto3 "
          "(TransferConfig part size and threads); single PUTs by benchmarks/loadgen.py (its time includes its "
-         "warm-up and the deletes of its keys)."), "",
+         "warm-up and the deletes of its keys; a PUT answered 503 SlowDown is retried with backoff, as SDKs do, "
+         "and counted)."), "",
         ("| phase | requests | seconds | MB/s | gateway RSS start / peak / end (MB) | < target | "
          "node peak (max of 6, MB) | client peak (MB) | checked | load avg | per request (MB) |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",

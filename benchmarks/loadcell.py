@@ -123,6 +123,7 @@ class CellResult:
     client_cpu_seconds: float = 0.0  # the generator's own CPU over the cell (all its threads)
     server: dict[str, Any] = field(default_factory=dict)  # cpu_seconds, peak_rss_bytes (summed), per_pid
     first_error: str = ""  # one full error message, for the reader who wonders what the kinds mean
+    slowdowns: int = 0  # PUTs answered 503 SlowDown and retried (S3LoadClient.put), not errors unless the last try
     load_average: float = 0.0  # the machine's 1-minute load average at the end: above its cores, figures are noisy
 
     def to_json(self) -> dict[str, Any]:
@@ -253,6 +254,7 @@ async def run_cell(
     sampler = ProcSampler(pids)
     sampler.start()
     cpu_before = self_cpu_seconds()
+    slowdowns_before = client.slowdowns
     begin = time.perf_counter()
     cell.deadline = time.monotonic() + max_seconds  # the duration counts from here, after the sampler's start
     try:
@@ -287,5 +289,6 @@ async def run_cell(
         mb_per_s=round(tally.bytes / elapsed / 1e6, 3) if elapsed else 0.0,
         latency_ms=latency_summary(every), errors_by_kind=dict(tally.errors), by_op=by_op, listed=tally.listed,
         stopped_by=cell.stopped_by, client_cpu_seconds=round(client_cpu, 3), server=server,
-        first_error=tally.first_error, load_average=round(os.getloadavg()[0], 2),
+        first_error=tally.first_error, slowdowns=client.slowdowns - slowdowns_before,
+        load_average=round(os.getloadavg()[0], 2),
     )

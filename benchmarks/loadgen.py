@@ -13,8 +13,9 @@ bounded. Workloads run in the order given, per size; the keys of a size carry ov
 the next (PUT adds, DELETE removes), and GET/HEAD/LIST/DELETE/mixed first write `--objects` keys if fewer
 exist (not timed). Every GET body is compared byte for byte with what was written (bodies are windows of
 one seeded stream, see benchmarks/s3load.py); a mismatch, a short body, a wrong HEAD length, an HTTP error
-or a timeout counts as an error, not as an operation. At the end the run's keys are deleted (`--keep`
-keeps them).
+or a timeout counts as an error, not as an operation; a PUT answered 503 SlowDown is retried with
+backoff up to 4 times, as the AWS SDKs do, and counted (`slowdowns` in the JSON). At the end the run's
+keys are deleted (`--keep` keeps them).
 
 Per cell: ops/s, MB/s (10^6 bytes of object bodies per second), p50/p90/p99/max latency of successful
 operations, errors by kind, the generator's own CPU seconds and, with `--pids 123,456` or `--pids

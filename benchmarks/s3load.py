@@ -194,6 +194,12 @@ async def _views(body: memoryview) -> AsyncIterator[memoryview]:
         yield body[start : start + _BLOCK]
 
 
+SLOWDOWN_RETRIES = 4
+"""Retries of a PUT answered 503 SlowDown (botocore's legacy mode makes 5 attempts in all)."""
+SLOWDOWN_BACKOFF = 0.5
+"""Seconds of the first retry's jitter range; it doubles with each retry."""
+
+
 class S3LoadClient:
     """The S3 operations of the generator over one aiohttp session; each raises OpError on failure."""
 
@@ -208,6 +214,7 @@ class S3LoadClient:
         self._host = url.raw_authority  # as aiohttp sends it: the port only when not the scheme's default
         self._bucket_path = "/" + encode_key(target.bucket)
         self.signer = SigV4Signer(target.access_key, target.secret_key, target.region)
+        self.slowdowns = 0  # 503 SlowDown answers to PUTs, retried
 
     def _request(
         self,
@@ -241,16 +248,22 @@ class S3LoadClient:
         """PUT the body of `key` at `size` bytes; returns the bytes sent."""
         body = self.payloads.body(key, size)
         extra = {"Content-Type": "application/octet-stream"}
-        if size > _STREAM_ABOVE:
+        streamed = size > _STREAM_ABOVE
+        if streamed:
             extra["Content-Length"] = str(size)
-            data: Any = _views(body)
-        else:
-            data = body
-        async with self._request("PUT", key, data=data, extra=extra) as response:
-            if response.status != 200:
-                raise await self._fail("PUT", response)
-            await response.read()
-        return size
+        for attempt in range(SLOWDOWN_RETRIES + 1):
+            data: Any = _views(body) if streamed else body  # a fresh stream for every attempt
+            async with self._request("PUT", key, data=data, extra=extra) as response:
+                if response.status == 200:
+                    await response.read()
+                    return size
+                err = await self._fail("PUT", response)
+            if err.kind != "PUT 503" or "SlowDown" not in str(err) or attempt == SLOWDOWN_RETRIES:
+                raise err
+            # A store shedding load: back off and retry, as the AWS SDKs do (full jitter, doubling).
+            self.slowdowns += 1
+            await asyncio.sleep(random.random() * SLOWDOWN_BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def get(self, key: str, size: int) -> int:
         """GET `key` and compare every byte with its known body; returns the bytes received."""

@@ -309,3 +309,35 @@ def test_main_refuses_a_missing_target(capsys: pytest.CaptureFixture[str], monke
     assert loadgen.main(["--endpoint", "http://127.0.0.1:1", "--access-key", "a", "--secret-key", "b",
                          "--timeout", "2"]) == 2
     assert "error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", [4096, 3 << 20])
+async def test_put_answered_slowdown_is_retried_as_sdks_do_and_counted(size: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import s3load
+
+    monkeypatch.setattr(s3load, "SLOWDOWN_BACKOFF", 0.001)
+    refusals = {"left": 3}
+
+    @web.middleware
+    async def shed(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+        if request.method == "PUT" and request.path.count("/") > 1 and refusals["left"]:
+            refusals["left"] -= 1
+            async for _ in request.content.iter_chunked(1 << 16):  # the whole body, as a gateway drains it
+                pass
+            return web.Response(status=503, text="<Error><Code>SlowDown</Code></Error>", content_type="application/xml")
+        return await handler(request)
+
+    sink = Sink()
+    sink.app.middlewares.append(shed)
+    async with sink, aiohttp.ClientSession() as session:
+        client = await client_for(sink, session, [size])
+        keys = KeySpace("s/", size)
+        result = await run_cell(client, keys, "put", 1, max_ops=2, max_seconds=10, mix={}, rng=random.Random(0))
+        assert (result.ops, result.errors, result.slowdowns) == (2, 0, 3)
+        assert len(sink.state.objects["bench"]) == 2, "the retried bodies arrived whole"
+        refusals["left"] = s3load.SLOWDOWN_RETRIES + 1  # one more than a PUT retries
+        result = await run_cell(client, keys, "put", 1, max_ops=1, max_seconds=10, mix={}, rng=random.Random(0))
+        assert (result.ops, result.errors, result.slowdowns) == (0, 1, s3load.SLOWDOWN_RETRIES)
+        assert result.errors_by_kind == {"PUT 503": 1}
