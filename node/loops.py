@@ -143,7 +143,10 @@ class Loops:
             self.kick.clear()
 
     async def scrub_loop(self) -> None:
-        """Re-read every shard at a throttled rate; a bad block quarantines the shard (repair rebuilds it)."""
+        """Re-read every shard at a throttled rate; a bad block quarantines the shard (repair rebuilds it).
+
+        Then re-read the records of every partition: one no longer readable turns unhealthy in the
+        partition's digest, which the store keeps between changes and would otherwise not see."""
         node = self.node
         throttle = Throttle(node.cfg.scrub_rate_mb * 1e6)
         await asyncio.sleep(min(node.cfg.scrub_interval, 10.0))
@@ -163,6 +166,10 @@ class Loops:
                     found += 1
                     log.warning("scrub: %s", e)
                 self.scrub["shards"] += 1
+            for p in await node.sql(node.store.partitions_held):
+                if await node.sql(node.store.scrub_records, p):  # one partition a job: requests go on between
+                    found += 1
+                    log.warning("scrub: records of partition %d changed on disk", p)
             self.scrub["corrupt"] += found
             self.scrub["passes"] += 1
             self.scrub["running"] = False

@@ -113,6 +113,12 @@ class Store:
                                                initializer=self._mark_sql_thread)
         self._db: sqlite3.Connection = self.sql_executor.submit(self._open_db).result()
         self._unreadable: set[tuple[str, str, str, int]] = set()
+        # Repair asks every node for the digest of every partition on every pass: at 25 records a
+        # partition that is 4096 record unpacks per node per pass, idle or not. So both the digests and
+        # the set of partitions held are kept here (SQL thread only), and each write to a record or a
+        # blob row drops what it may change (`_changed`); a cached digest is one computed since then.
+        self._digests: dict[int, tuple[str, int]] = {}
+        self._held: set[int] | None = None
         self.corrupt_found = self._counter("corrupt_found")
         self.swept = self.sweep_temp_files()
 
@@ -183,6 +189,7 @@ class Store:
         if self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
                             (row.blob, row.shard)).fetchone():
             row.state = "committed"
+        self._blob_changed(row.blob, row.shard, row.partition)  # a record's shard may be back, or moved
         self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
                          (row.blob, row.shard, row.partition, row.path, row.size, row.block_size,
                           msgpack.packb(row.checksums), row.state, row.created))
@@ -219,9 +226,10 @@ class Store:
 
     @on_sql_thread
     def _mark_corrupt(self, blob: str, shard: int) -> None:
-        cur = self._db.execute("UPDATE blobs SET state='corrupt' WHERE blob=? AND shard=? AND state!='corrupt'",
-                               (blob, shard))
-        if cur.rowcount:
+        marked = self._db.execute("UPDATE blobs SET state='corrupt' WHERE blob=? AND shard=? AND state!='corrupt' "
+                                  "RETURNING partition", (blob, shard)).fetchall()
+        if marked:
+            self._changed(*(p for (p,) in marked))
             self._bump("corrupt_found")
 
     def delete_blob(self, blob: str, shard: int, force: bool = False) -> bool:
@@ -234,12 +242,13 @@ class Store:
 
     @on_sql_thread
     def _forget_blob(self, blob: str, shard: int, force: bool) -> str | None:
-        row = self._db.execute("SELECT path FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+        row = self._db.execute("SELECT path, partition FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
         if row is None:
             return None
         if not force and self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
                                           (blob, shard)).fetchone():
             raise BlobReferenced(f"blob {blob}.{shard} is referenced by a record")
+        self._changed(row[1])
         self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
         return str(row[0])
 
@@ -265,7 +274,7 @@ class Store:
     @on_sql_thread
     def _forget_pending(self, blob: str, shard: int, made_before_ns: int) -> str | None:
         db = self._db
-        row = db.execute("SELECT path FROM blobs WHERE blob=? AND shard=? AND state='pending' AND created < ?",
+        row = db.execute("SELECT path, partition FROM blobs WHERE blob=? AND shard=? AND state='pending' AND created < ?",
                          (blob, shard, made_before_ns)).fetchone()
         if row is None or db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
                                      (blob, shard)).fetchone():
@@ -276,6 +285,7 @@ class Store:
                 return None
         except FileNotFoundError:
             pass
+        self._changed(row[1])
         db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
         return str(row[0])
 
@@ -310,6 +320,7 @@ class Store:
         old = {b for (b,) in db.execute("SELECT blob FROM blob_refs WHERE bucket=? AND key=? AND version=? "
                                         "AND shard=?", (*ident, rec.shard))}
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
+        self._changed(partition)
         with _transaction(db):
             db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
@@ -320,6 +331,8 @@ class Store:
                 db.execute("UPDATE blobs SET state='committed' WHERE blob=? AND shard=? AND state='pending'",
                            (blob, rec.shard))
             paths = self._drop_unreferenced(old - set(needed), rec.shard)
+        if self._held is not None:
+            self._held.add(partition)
         self._unreadable.discard((*ident, rec.shard))
         return paths
 
@@ -328,8 +341,9 @@ class Store:
         for blob in blobs:
             if self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1", (blob, shard)).fetchone():
                 continue
-            row = self._db.execute("SELECT path FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+            row = self._db.execute("SELECT path, partition FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
             if row is not None:
+                self._changed(row[1])
                 self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
                 paths.append(str(row[0]))
         return paths
@@ -384,10 +398,15 @@ class Store:
         db = self._db
         refs = db.execute("SELECT blob, shard FROM blob_refs WHERE bucket=? AND key=? AND version=?",
                           (bucket, key, version)).fetchall()
+        partition = partition_of(bucket, key, self.partition_bits)
+        self._changed(partition)
         with _transaction(db):
             n = db.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version=?", (bucket, key, version)).rowcount
             db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=?", (bucket, key, version))
             paths = [p for blob, shard in refs for p in self._drop_unreferenced({blob}, shard)]
+        if n and self._held is not None and not db.execute("SELECT 1 FROM objects WHERE partition=? LIMIT 1",
+                                                           (partition,)).fetchone():
+            self._held.discard(partition)
         return n, paths
 
     def list_entries(self, bucket: str, prefix: str, start_after: str, limit: int, versions: bool) -> list[ListEntry]:
@@ -445,12 +464,44 @@ class Store:
             out.append((b, k, v, shard, bool(d), healthy))
         return out
 
+    @on_sql_thread
     def partition_digest(self, partition: int) -> tuple[str, int]:
         """xxh3 over the sorted (bucket, key, version, deleted) of the healthy records, and their count.
 
         Shard indexes are left out on purpose: owners hold different indexes of the same versions,
-        so equal digests mean the owners agree on which versions they hold intact.
+        so equal digests mean the owners agree on which versions they hold intact. Kept until a record
+        or blob row of the partition changes: an unchanged partition costs a dict lookup.
         """
+        cached = self._digests.get(partition)
+        if cached is None:
+            cached = self._digests[partition] = self.fresh_digest(partition)
+        return cached
+
+    def _changed(self, *partitions: int) -> None:
+        """Forget the digests of partitions whose records or blob rows are about to change (SQL thread)."""
+        for p in partitions:
+            self._digests.pop(p, None)
+
+    def _blob_changed(self, blob: str, shard: int, partition: int) -> None:
+        """A blob row is written: its partition changes, and the one of the row it replaces."""
+        old = self._db.execute("SELECT partition FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+        self._changed(partition, *(old or ()))
+
+    @on_sql_thread
+    def scrub_records(self, partition: int) -> bool:
+        """Read a partition's records again: True if its kept digest was not theirs any more.
+
+        Damage in records.db (bit rot, a hand edit) changes no row through this store, so no kept digest
+        drops for it: scrub finds it here, as it finds damaged shards, and repair rewrites the record.
+        """
+        fresh = self.fresh_digest(partition)
+        stale = self._digests.get(partition, fresh) != fresh
+        self._digests[partition] = fresh
+        return stale
+
+    @on_sql_thread
+    def fresh_digest(self, partition: int) -> tuple[str, int]:
+        """partition_digest computed from the rows, cache left alone."""
         h = xxhash.xxh3_64()
         n = 0
         last = None
@@ -464,7 +515,10 @@ class Store:
 
     @on_sql_thread
     def partitions_held(self) -> list[int]:
-        return [p for (p,) in self._db.execute("SELECT DISTINCT partition FROM objects ORDER BY partition")]
+        """Partitions holding a record: read once (a scan of the partition index), then kept up to date."""
+        if self._held is None:
+            self._held = {p for (p,) in self._db.execute("SELECT DISTINCT partition FROM objects")}
+        return sorted(self._held)
 
     @on_sql_thread
     def counts(self) -> dict[str, int]:

@@ -1,0 +1,210 @@
+"""The node store's kept partition digests and held partitions: always what the rows say, whatever changed them."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from node.store import BlobMissing, BlobReferenced, Store
+from objstore.cluster import ECProfile
+from objstore.codec import block_checksum
+from objstore.records import ObjectRecord, PartRef
+from objstore.ring import partition_of
+
+BS = 512
+EC = ECProfile(2, 1, BS)
+BITS = 2  # four partitions: keys, blobs and records of different partitions meet often
+KEYS = ["a", "b", "c", "d", "e", "f"]
+BLOBS = ["x", "y", "z"]
+SHARDS = st.integers(0, 1)
+
+
+def blob_data(blob: str) -> bytes:
+    return (blob * 3 * BS).encode()[:3 * BS]
+
+
+def blob_part(blob: str, number: int = 1) -> PartRef:
+    data = blob_data(blob)
+    return PartRef(number, len(data), "etag", blob,
+                   checksums=[block_checksum(data[i:i + BS]) for i in range(0, len(data), BS)])
+
+
+def write_blob(store: Store, blob: str, shard: int, partition: int) -> None:
+    w = store.begin_blob(partition, blob, shard, BS)
+    w.write(blob_data(blob))
+    store.finish_blob(w, partition, blob, shard)
+
+
+def record(key: str, version: str, shard: int, kind: str, blob: str = "x") -> ObjectRecord:
+    parts = {"inline": [PartRef(1, 3, "e", "i", inline=b"abc")],
+             "blob": [blob_part(blob)],
+             "absent": [PartRef(1, 3 * BS, "e", blob, present=False)],
+             "mixed": [blob_part(blob), PartRef(2, 10, "e", "elsewhere", present=False)],
+             "deleted": []}[kind]
+    return ObjectRecord(bucket="bk", key=key, version=version, shard=shard, ec=EC, parts=parts,
+                        size=sum(p.size for p in parts), deleted=kind == "deleted")
+
+
+def rows_held(store: Store) -> list[int]:
+    return store.sql_executor.submit(lambda: [p for (p,) in store._db.execute(
+        "SELECT DISTINCT partition FROM objects ORDER BY partition")]).result()
+
+
+class DigestMachine(RuleBasedStateMachine):
+    """Every kind of change a node's records and blob rows see, each followed by every digest asked again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="digests-"))
+        self.store = Store(self.dir / "node", partition_bits=BITS, fsync=False)
+        self.uploaded: set[tuple[str, int, int]] = set()
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(key=st.sampled_from(KEYS), version=st.sampled_from(["v1", "v2", "v3"]), shard=SHARDS,
+          kind=st.sampled_from(["inline", "blob", "absent", "mixed", "deleted"]), blob=st.sampled_from(BLOBS))
+    def put_record(self, key: str, version: str, shard: int, kind: str, blob: str) -> None:
+        try:
+            self.store.put_record(record(key, version, shard, kind, blob))
+        except BlobMissing:
+            pass
+
+    @precondition(lambda self: self.uploaded)
+    @rule(data=st.data(), version=st.sampled_from(["v1", "v2", "v3"]), kind=st.sampled_from(["blob", "mixed"]))
+    def put_record_naming_a_shard(self, data: st.DataObject, version: str, kind: str) -> None:
+        """A record naming a shard uploaded here, of a key of the partition it was uploaded for (when any)."""
+        blob, shard, partition = data.draw(st.sampled_from(sorted(self.uploaded)))
+        keys = [k for k in KEYS if partition_of("bk", k, BITS) == partition] or KEYS
+        self.put_record(data.draw(st.sampled_from(keys)), version, shard, kind, blob)
+
+    @rule(key=st.sampled_from(KEYS), version=st.sampled_from(["v1", "v2", "v3"]))
+    def delete_record(self, key: str, version: str) -> None:
+        self.store.delete_record("bk", key, version)
+
+    @rule(blob=st.sampled_from(BLOBS), shard=SHARDS, key=st.sampled_from(KEYS),
+          elsewhere=st.integers(0, 2 ** BITS - 1) | st.none())
+    def upload_blob(self, blob: str, shard: int, key: str, elsewhere: int | None) -> None:
+        """A shard uploaded (or rebuilt) for a key's partition, or now and then for another one."""
+        partition = partition_of("bk", key, BITS) if elsewhere is None else elsewhere
+        write_blob(self.store, blob, shard, partition)
+        self.uploaded.add((blob, shard, partition))
+
+    @rule(blob=st.sampled_from(BLOBS), shard=SHARDS)
+    def quarantine(self, blob: str, shard: int) -> None:
+        row = self.store.blob(blob, shard)
+        if row is not None:
+            self.store.quarantine(row, "test")
+
+    @rule(blob=st.sampled_from(BLOBS), shard=SHARDS, force=st.booleans())
+    def delete_blob(self, blob: str, shard: int, force: bool) -> None:
+        try:
+            self.store.delete_blob(blob, shard, force=force)
+        except BlobReferenced:
+            pass
+
+    @rule(blob=st.sampled_from(BLOBS), shard=SHARDS)
+    def drop_pending(self, blob: str, shard: int) -> None:
+        self.store.drop_pending_blob(blob, shard, time.time_ns() + 10**12)
+
+    @rule(key=st.sampled_from(KEYS))
+    def damage_record(self, key: str) -> None:
+        """A record that no longer reads back (bit rot in records.db) is unhealthy: only a restart sees it."""
+        store = self.store
+        store.sql_executor.submit(lambda: store._db.execute(
+            "UPDATE objects SET record = substr(record, 1, 20) WHERE key=?", (key,))).result()
+        self.restart()
+
+    @rule()
+    def restart(self) -> None:
+        self.store.close()
+        self.store = Store(self.dir / "node", partition_bits=BITS, fsync=False)
+
+    @invariant()
+    def digests_are_fresh(self) -> None:
+        for p in range(2 ** BITS):
+            assert self.store.partition_digest(p) == self.store.fresh_digest(p), p
+
+    @invariant()
+    def held_partitions_are_fresh(self) -> None:
+        assert self.store.partitions_held() == rows_held(self.store)
+
+
+TestDigestMachine = DigestMachine.TestCase
+TestDigestMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "node", partition_bits=BITS, fsync=False)
+    yield s
+    s.close()
+
+
+def test_an_unchanged_partition_is_not_read_again(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.put_record(record("a", "v1", 0, "inline"))
+    p = partition_of("bk", "a", BITS)
+    first = store.partition_digest(p)
+    calls: list[int] = []
+    fresh = store.fresh_digest
+    monkeypatch.setattr(store, "fresh_digest", lambda q: calls.append(q) or fresh(q))
+    assert [store.partition_digest(p) for _ in range(3)] == [first] * 3 and calls == []
+    other = next(k for k in KEYS if partition_of("bk", k, BITS) != p)
+    store.put_record(record(other, "v1", 0, "inline"))  # another partition: this one stays kept
+    assert store.partition_digest(p) == first and calls == []
+    store.put_record(record("a", "v2", 0, "inline"))
+    assert store.partition_digest(p) != first and calls == [p]
+
+
+def test_quarantine_of_a_shard_changes_the_digest_of_its_partition(store: Store) -> None:
+    """Repair finds a shard scrub quarantined only through the digest: a kept one must not hide it."""
+    p = partition_of("bk", "a", BITS)
+    write_blob(store, "x", 0, p)
+    store.put_record(record("a", "v1", 0, "blob", "x"))
+    store.put_record(record("a", "v0", 0, "inline"))
+    healthy, count = store.partition_digest(p)
+    assert count == 2
+    row = store.blob("x", 0)
+    assert row is not None
+    store.quarantine(row, "scrub")
+    assert store.partition_digest(p) == store.fresh_digest(p)
+    assert store.partition_digest(p)[1] == 1
+    write_blob(store, "x", 0, p)  # rebuilt by repair: whole again
+    assert store.partition_digest(p) == (healthy, 2)
+
+
+def test_held_partitions_follow_puts_and_deletes(store: Store) -> None:
+    assert store.partitions_held() == []
+    store.put_record(record("a", "v1", 0, "inline"))
+    store.put_record(record("a", "v1", 1, "inline"))
+    p = partition_of("bk", "a", BITS)
+    assert store.partitions_held() == [p]
+    with pytest.raises(BlobMissing):  # a refused write leaves nothing held
+        store.put_record(record("b", "v1", 0, "blob", "z"))
+    assert store.partitions_held() == rows_held(store)
+    store.delete_record("bk", "a", "v1")
+    assert store.partitions_held() == []
+
+
+def test_records_damaged_on_disk_are_found_by_scrub_not_hidden_by_a_kept_digest(store: Store) -> None:
+    store.put_record(record("a", "v1", 0, "inline"))
+    store.put_record(record("a", "v2", 0, "inline"))
+    p = partition_of("bk", "a", BITS)
+    assert store.partition_digest(p)[1] == 2 and not store.scrub_records(p)
+    # Another writer of records.db, as bit rot would be: the store sees no change through itself.
+    with sqlite3.connect(store.root / "records.db") as db:
+        db.execute("UPDATE objects SET record = substr(record, 1, 20) WHERE version='v2'")
+    assert store.partition_digest(p)[1] == 2  # kept
+    assert store.scrub_records(p)
+    assert store.partition_digest(p) == store.fresh_digest(p) and store.partition_digest(p)[1] == 1
+    assert store.corrupt_found == 1 and not store.scrub_records(p)
