@@ -499,6 +499,9 @@ class Store:
         self._digests[partition] = fresh
         return stale
 
+    EMPTY_DIGEST = (xxhash.xxh3_64().hexdigest(), 0)
+    """The digest of a partition without records (one with none healthy has it too)."""
+
     @on_sql_thread
     def fresh_digest(self, partition: int) -> tuple[str, int]:
         """partition_digest computed from the rows, cache left alone."""
@@ -512,6 +515,12 @@ class Store:
             h.update(msgpack.packb((b, k, v, d)))
             n += 1
         return h.hexdigest(), n
+
+    @on_sql_thread
+    def kept_digests(self) -> tuple[dict[int, tuple[str, int]], list[int]]:
+        """The digests kept of the partitions held, and the held partitions whose digest is not kept."""
+        held = self.partitions_held()
+        return {p: self._digests[p] for p in held if p in self._digests}, [p for p in held if p not in self._digests]
 
     @on_sql_thread
     def partitions_held(self) -> list[int]:

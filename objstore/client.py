@@ -7,6 +7,7 @@ import contextvars
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Self, cast
 from urllib.parse import quote, urlencode
 
@@ -44,6 +45,17 @@ class ShardCorrupt(NodeError):
 
 class DiskFull(NodeError):
     """507: the node's disk is full; nothing of the upload was kept."""
+
+
+@dataclass
+class PartitionDigests:
+    """One node's partition digests (see `/partition/{p}/digest`), as a repair pass reads them at its start."""
+
+    held: dict[int, tuple[str, int]]  # partition -> (digest, healthy versions) of each partition holding a record
+    empty: tuple[str, int]  # what any other partition's digest is: the node holds nothing there
+
+    def of(self, partition: int) -> tuple[str, int]:
+        return self.held.get(partition, self.empty)
 
 
 def _error_for(node: NodeInfo, status: int, body: bytes) -> NodeError:
@@ -208,6 +220,12 @@ class NodeClient:
     async def partition_digest(self, node: NodeInfo, partition: int) -> tuple[str, int]:
         d = await self._unpack(node, "GET", f"/partition/{int(partition)}/digest")
         return d["digest"], d["count"]
+
+    async def partition_digests(self, node: NodeInfo) -> PartitionDigests:
+        """The digest and count of every partition the node holds, in one call."""
+        d = await self._unpack(node, "GET", "/partitions/digests")
+        return PartitionDigests({int(p): (str(h), int(n)) for p, h, n in d["held"]},
+                                (str(d["empty"][0]), int(d["empty"][1])))
 
     async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
         """(bucket, key, version, shard, deleted, healthy) of every record the node holds in a partition."""

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from objstore.client import NodeClient, NodeError
+from objstore.client import NodeClient, NodeError, PartitionDigests
 from objstore.cluster import DEFAULT_POOL, NodeInfo
 from objstore.kv import BUCKETS, copy_back, snapshot
 from objstore.objects import ObjectIO, ReadFailed
@@ -132,7 +132,7 @@ class Repairer:
         buckets = {name: (r.value.get("pool"), r.value.get("versioning")) for name, r in snap.newest.items()
                    if not r.deleted}
         rings = [self.view.ring(None)] + [self.view.ring(p.name) for p in self.view.map.pools]
-        held = await self._partitions_held()
+        held, digests = await self._partitions_held()
         tasks: list[Task] = []
         for ring in rings:
             for p in sorted(held):
@@ -141,7 +141,7 @@ class Repairer:
                     continue
                 stats.partitions_total += 1
                 try:
-                    tasks += await self._scan_partition(ring, p, buckets, stats)
+                    tasks += await self._scan_partition(ring, p, buckets, stats, digests)
                 except (NodeError, OSError, asyncio.TimeoutError) as e:
                     stats.failures += 1
                     log.warning("repair: partition %d scan failed: %s", p, e)
@@ -168,18 +168,34 @@ class Repairer:
         ring = self.view.ring(pool)
         return ring.owner_nodes(ring.partition_of(bucket, key))
 
-    async def _partitions_held(self) -> set[int]:
+    async def _partitions_held(self) -> tuple[set[int], dict[str, PartitionDigests]]:
+        """The partitions any node holds, and each node's digests of them, read once for the whole pass.
+
+        One call a node, not one a partition and node: with 4096 partitions the per-partition calls
+        alone kept the nodes of an idle cluster busy. A node that does not answer it (an older version)
+        is asked the old way: its partitions here, its digests partition by partition.
+        """
         nodes = [n for n in self.view.all_nodes() if self.alive(n)]
-        results = await asyncio.gather(*(self.client.partitions_held(n) for n in nodes), return_exceptions=True)
-        return {p for r in results if isinstance(r, list) for p in r}
+        batches = await asyncio.gather(*(self.client.partition_digests(n) for n in nodes), return_exceptions=True)
+        digests = {n.id: d for n, d in zip(nodes, batches) if isinstance(d, PartitionDigests)}
+        rest = [n for n in nodes if n.id not in digests]
+        results = await asyncio.gather(*(self.client.partitions_held(n) for n in rest), return_exceptions=True)
+        held = {p for r in results if isinstance(r, list) for p in r}
+        return held | {p for d in digests.values() for p in d.held}, digests
 
     async def _scan_partition(self, ring: Ring, p: int, buckets: dict[str, tuple[str | None, str | None]],
-                              stats: RepairStats) -> list[Task]:
+                              stats: RepairStats, kept: dict[str, PartitionDigests] | None = None) -> list[Task]:
         pool_name = ring.pool.name
         owners = ring.owners(p)
         owner_ids = {n.id for n in owners}
         nodes = [n for n in self.view.all_nodes() if self.alive(n)]
-        digests = await asyncio.gather(*(self.client.partition_digest(n, p) for n in nodes), return_exceptions=True)
+        kept = kept or {}
+
+        async def digest(n: NodeInfo) -> tuple[str, int]:
+            d = kept.get(n.id)
+            return d.of(p) if d is not None else await self.client.partition_digest(n, p)
+
+        digests = await asyncio.gather(*(digest(n) for n in nodes), return_exceptions=True)
         by_node = {n.id: d for n, d in zip(nodes, digests) if not isinstance(d, BaseException)}
         owner_digests = {by_node.get(o.id) for o in owners}
         others_hold = any(d[1] for nid, d in by_node.items() if nid not in owner_ids)

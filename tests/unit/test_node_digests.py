@@ -196,6 +196,30 @@ def test_held_partitions_follow_puts_and_deletes(store: Store) -> None:
     assert store.partitions_held() == []
 
 
+async def test_one_call_gives_every_partition_digest_as_the_per_partition_call_does(tmp_path: Path) -> None:
+    from tests.unit.test_node_rpc import record as rpc_record
+    from tests.unit.test_node_rpc import start
+
+    node = await start(tmp_path / "n1")
+    try:
+        inline = PartRef(1, 3, "e", "i", inline=b"abc")
+        for i in range(40):
+            await node.client.put_record(node.info, rpc_record(f"key{i}", f"{i + 1:016x}", [inline]))
+        batch = await node.client.partition_digests(node.info)
+        held = await node.client.partitions_held(node.info)
+        assert sorted(batch.held) == held and len(held) > 1
+        for p in range(256):  # the harness map has 2^8 partitions
+            assert batch.of(p) == await node.client.partition_digest(node.info, p)
+        assert batch.empty[1] == 0 and batch.of(next(p for p in range(256) if p not in held)) == batch.empty
+        await node.client.delete_record(node.info, "b", "key0", f"{1:016x}")
+        again = await node.client.partition_digests(node.info)
+        p0 = partition_of("b", "key0", 8)
+        assert again.of(p0) == await node.client.partition_digest(node.info, p0) != batch.of(p0)
+    finally:
+        await node.client.close()
+        await node.server.close()
+
+
 def test_records_damaged_on_disk_are_found_by_scrub_not_hidden_by_a_kept_digest(store: Store) -> None:
     store.put_record(record("a", "v1", 0, "inline"))
     store.put_record(record("a", "v2", 0, "inline"))
