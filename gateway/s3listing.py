@@ -17,7 +17,7 @@ from gateway.headers import ns_datetime, quote_etag
 from gateway.s3buckets import owner_xml, xml_response
 from gateway.server import Gateway, S3Request
 from gateway.xmlio import render
-from objstore.listing import KEY_CEILING, PAGE, MergedListing, VersionInfo, listing_nodes
+from objstore.listing import KEY_CEILING, MergedListing, VersionInfo, listing_nodes, node_page
 
 MAX_KEYS = 1000
 MIN_NODE_PAGE = 100
@@ -40,7 +40,7 @@ def _merged(gw: Gateway, bucket: Bucket, prefix: str, start_after: str, max_keys
     ring = gw.view.ring(bucket.pool)
     nodes, reserve = listing_nodes(gw.view, ring)
     # A node's page is a little more than the S3 page needs: one more key tells whether it is truncated.
-    page = min(PAGE, max(MIN_NODE_PAGE, max_keys + 1))
+    page = node_page(max(MIN_NODE_PAGE, max_keys + 1))
     return MergedListing(gw.client, nodes, bucket.name, ring.ec.k, prefix=prefix, start_after=start_after,
                          page=page, reserve=reserve)
 

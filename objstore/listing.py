@@ -21,6 +21,15 @@ KEY_CEILING = "\U0010ffff"
 """Sorts after every character a key may hold: `prefix + KEY_CEILING` skips every key under a prefix."""
 
 
+def node_page(keys: int) -> int:
+    """Entries to ask of each node for the next `keys` keys (of one version each) in one call.
+
+    A node's full page may end in the middle of a key's versions, so its last key is dropped: one entry
+    more than the keys needed, or every S3 page of 1000 keys took a second call to every node.
+    """
+    return min(MAX_PAGE, keys + 1)
+
+
 @dataclass
 class VersionInfo:
     """One visible version of a key, as the listing sees it."""

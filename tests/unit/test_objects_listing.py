@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from objstore.cluster import ClusterMap, ECProfile, NodeInfo
-from objstore.listing import MergedListing, listing_nodes
+from objstore.listing import MergedListing, listing_nodes, node_page
 from objstore.view import ClusterView
 from tests.unit.objects_harness import BUCKET, MiniCluster, payload, put, start_cluster
 
@@ -110,3 +110,21 @@ def test_the_successor_of_a_prefix_bounds_exactly_its_keys() -> None:
         for key in (prefix, prefix + "\U0010ffff", prefix + "\U0010ffffz", prefix + "\x00"):
             assert key.encode() < end.encode()
         assert not end.startswith(prefix)
+
+
+async def test_an_s3_page_takes_one_call_to_each_node(cluster: MiniCluster) -> None:
+    """The keys of a page and the one telling it is truncated come in one call a node (they took two)."""
+    for i in range(30):
+        await put(cluster, f"k/{i:02d}", payload(10, i))
+    for page, calls in ((node_page(8), 1), (8, 2)):  # 7 keys and one more, at node_page and at one entry less
+        cluster.client.by_node.clear()
+        nodes, reserve = listing_nodes(cluster.view, cluster.ring)
+        merged = MergedListing(cluster.client, nodes, BUCKET, cluster.ring.ec.k, prefix="k/", page=page,
+                               reserve=reserve)
+        keys = []
+        async for key, _ in merged.keys():
+            keys.append(key)
+            if len(keys) == 8:
+                break
+        assert keys == [f"k/{i:02d}" for i in range(8)]
+        assert sorted(list_calls(cluster).values()) == [calls] * len(nodes)
