@@ -45,6 +45,7 @@ REPAIR_GAUGES = {
     "objects_degraded": "Objects below full redundancy but readable (current or last pass).",
     "objects_unreadable": "Objects with fewer than k healthy shards (current or last pass).",
     "objects_scanned": "Objects drilled into in the current (or last) pass.",
+    "bytes_scanned": "Object bytes of the partitions compared in the current (or last) pass.",
     "objects_rebuilt": "Objects brought back to full redundancy in the current (or last) pass.",
     "objects_remaining": "Objects still to rebuild in the current pass (left over, for the last one).",
     "shards_rebuilt": "Shards rebuilt and written in the current (or last) pass.",

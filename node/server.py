@@ -309,8 +309,8 @@ async def list_entries(request: web.Request) -> web.Response:
 
 async def partition_digest(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    digest, count = await node.sql(node.store.partition_digest, int(request.match_info["p"]))
-    return _packed({"digest": digest, "count": count})
+    digest, count, size = await node.sql(node.store.partition_digest, int(request.match_info["p"]))
+    return _packed({"digest": digest, "count": count, "bytes": size})
 
 
 async def partition_digests(request: web.Request) -> web.Response:
@@ -319,7 +319,7 @@ async def partition_digests(request: web.Request) -> web.Response:
     kept, missing = await node.sql(node.store.kept_digests)
     for p in missing:  # one SQL job each: a cold node's record reads and writes go on in between
         kept[p] = await node.sql(node.store.partition_digest, p)
-    return _packed({"empty": list(node.store.EMPTY_DIGEST), "held": [[p, d, n] for p, (d, n) in sorted(kept.items())]})
+    return _packed({"empty": list(node.store.EMPTY_DIGEST), "held": [[p, *d] for p, d in sorted(kept.items())]})
 
 
 async def partition_records(request: web.Request) -> web.Response:

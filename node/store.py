@@ -450,6 +450,10 @@ class Store:
 
         healthy: the record reads back and every shard file it names is here and not quarantined.
         """
+        return [row[:6] for row in self._summaries(partition)]  # type: ignore[misc]
+
+    def _summaries(self, partition: int) -> list[tuple[str, str, str, int, bool, bool, int]]:
+        """partition_summaries with each record's object size (0 when it does not read back); SQL thread."""
         db = self._db
         state = {(b, s): st for b, s, st in db.execute("SELECT blob, shard, state FROM blobs WHERE partition=?",
                                                        (partition,))}
@@ -461,12 +465,13 @@ class Store:
             healthy = bool(recs) and all(
                 p.inline is not None or (p.present and state.get((p.blob, shard), "corrupt") != "corrupt")
                 for p in recs[0].parts)
-            out.append((b, k, v, shard, bool(d), healthy))
+            out.append((b, k, v, shard, bool(d), healthy, recs[0].size if recs else 0))
         return out
 
     @on_sql_thread
-    def partition_digest(self, partition: int) -> tuple[str, int]:
-        """xxh3 over the sorted (bucket, key, version, deleted) of the healthy records, and their count.
+    def partition_digest(self, partition: int) -> tuple[str, int, int]:
+        """xxh3 over the sorted (bucket, key, version, deleted) of the healthy records, their count, and the
+        sum of their object sizes (what a repair pass reports as bytes scanned).
 
         Shard indexes are left out on purpose: owners hold different indexes of the same versions,
         so equal digests mean the owners agree on which versions they hold intact. Kept until a record
@@ -499,25 +504,26 @@ class Store:
         self._digests[partition] = fresh
         return stale
 
-    EMPTY_DIGEST = (xxhash.xxh3_64().hexdigest(), 0)
+    EMPTY_DIGEST = (xxhash.xxh3_64().hexdigest(), 0, 0)
     """The digest of a partition without records (one with none healthy has it too)."""
 
     @on_sql_thread
-    def fresh_digest(self, partition: int) -> tuple[str, int]:
+    def fresh_digest(self, partition: int) -> tuple[str, int, int]:
         """partition_digest computed from the rows, cache left alone."""
         h = xxhash.xxh3_64()
-        n = 0
+        n = size = 0
         last = None
-        for b, k, v, _, d, healthy in self.partition_summaries(partition):
+        for b, k, v, _, d, healthy, nbytes in self._summaries(partition):
             if not healthy or (b, k, v) == last:
                 continue
             last = (b, k, v)
             h.update(msgpack.packb((b, k, v, d)))
             n += 1
-        return h.hexdigest(), n
+            size += nbytes
+        return h.hexdigest(), n, size
 
     @on_sql_thread
-    def kept_digests(self) -> tuple[dict[int, tuple[str, int]], list[int]]:
+    def kept_digests(self) -> tuple[dict[int, tuple[str, int, int]], list[int]]:
         """The digests kept of the partitions held, and the held partitions whose digest is not kept."""
         held = self.partitions_held()
         return {p: self._digests[p] for p in held if p in self._digests}, [p for p in held if p not in self._digests]

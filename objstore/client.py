@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Self, cast
@@ -47,14 +47,22 @@ class DiskFull(NodeError):
     """507: the node's disk is full; nothing of the upload was kept."""
 
 
+Digest = tuple[str, int, int]
+"""A partition's digest on one node: xxh3 of its healthy versions, how many, and the sum of their sizes."""
+
+
+def _digest(d: Sequence[Any]) -> Digest:
+    return str(d[0]), int(d[1]), int(d[2]) if len(d) > 2 else 0  # a node before sizes: 0 bytes
+
+
 @dataclass
 class PartitionDigests:
     """One node's partition digests (see `/partition/{p}/digest`), as a repair pass reads them at its start."""
 
-    held: dict[int, tuple[str, int]]  # partition -> (digest, healthy versions) of each partition holding a record
-    empty: tuple[str, int]  # what any other partition's digest is: the node holds nothing there
+    held: dict[int, Digest]  # partition -> digest of each partition holding a record
+    empty: Digest  # what any other partition's digest is: the node holds nothing there
 
-    def of(self, partition: int) -> tuple[str, int]:
+    def of(self, partition: int) -> Digest:
         return self.held.get(partition, self.empty)
 
 
@@ -217,15 +225,14 @@ class NodeClient:
                                                          "versions": "1" if versions else "0"})
         return [ListEntry.from_wire(r) for r in rows]
 
-    async def partition_digest(self, node: NodeInfo, partition: int) -> tuple[str, int]:
+    async def partition_digest(self, node: NodeInfo, partition: int) -> Digest:
         d = await self._unpack(node, "GET", f"/partition/{int(partition)}/digest")
-        return d["digest"], d["count"]
+        return _digest((d["digest"], d["count"], d.get("bytes", 0)))
 
     async def partition_digests(self, node: NodeInfo) -> PartitionDigests:
         """The digest and count of every partition the node holds, in one call."""
         d = await self._unpack(node, "GET", "/partitions/digests")
-        return PartitionDigests({int(p): (str(h), int(n)) for p, h, n in d["held"]},
-                                (str(d["empty"][0]), int(d["empty"][1])))
+        return PartitionDigests({int(row[0]): _digest(row[1:]) for row in d["held"]}, _digest(d["empty"]))
 
     async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
         """(bucket, key, version, shard, deleted, healthy) of every record the node holds in a partition."""

@@ -83,7 +83,7 @@ async def collect_status(cmap: ClusterMap, secret: str) -> dict[str, Any]:
         "objects_unreadable": repair.objects_unreadable,
         "objects_at_risk": repair.objects_degraded + repair.objects_unreadable,
         "repair": {"running": running, "partitions_scanned": repair.partitions_scanned,
-                   "objects_scanned": repair.objects_scanned, "bytes_scanned": repair.bytes_rebuilt,
+                   "objects_scanned": repair.objects_scanned, "bytes_scanned": repair.bytes_scanned,
                    "objects_rebuilt": repair.objects_rebuilt, "shards_rebuilt": repair.shards_rebuilt,
                    "bytes_rebuilt": repair.bytes_rebuilt, "objects_remaining": repair.objects_remaining,
                    "bytes_remaining": repair.bytes_remaining, "kv_copied": repair.kv_copied,

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from objstore.client import NodeClient, NodeError, PartitionDigests
+from objstore.client import Digest, NodeClient, NodeError, PartitionDigests
 from objstore.cluster import DEFAULT_POOL, NodeInfo
 from objstore.kv import BUCKETS, copy_back, snapshot
 from objstore.objects import ObjectIO, ReadFailed
@@ -33,6 +33,7 @@ class RepairStats:
     objects_degraded: int = 0
     objects_unreadable: int = 0
     objects_scanned: int = 0
+    bytes_scanned: int = 0
     objects_rebuilt: int = 0
     objects_remaining: int = 0
     shards_rebuilt: int = 0
@@ -191,7 +192,7 @@ class Repairer:
         nodes = [n for n in self.view.all_nodes() if self.alive(n)]
         kept = kept or {}
 
-        async def digest(n: NodeInfo) -> tuple[str, int]:
+        async def digest(n: NodeInfo) -> Digest:
             d = kept.get(n.id)
             return d.of(p) if d is not None else await self.client.partition_digest(n, p)
 
@@ -200,6 +201,8 @@ class Repairer:
         owner_digests = {by_node.get(o.id) for o in owners}
         others_hold = any(d[1] for nid, d in by_node.items() if nid not in owner_ids)
         stats.partitions_scanned += 1
+        # Bytes scanned: the object bytes of the versions the fullest node holds intact there.
+        stats.bytes_scanned += max((d[2] for d in by_node.values()), default=0)
         # Equal digests say the owners hold the same versions, not how many shards each: an owner with
         # two slots (a pool smaller than k+m) may hold one, so such partitions are always drilled into.
         if (len(owner_digests) == 1 and None not in owner_digests and not others_hold

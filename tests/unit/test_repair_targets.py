@@ -31,3 +31,19 @@ async def test_no_rebuild_onto_an_owner_that_is_not_known_to_answer(tmp_path: Pa
         assert await read(c, "k") == data
     finally:
         await c.close()
+
+
+async def test_a_pass_reports_the_object_bytes_it_scanned(tmp_path: Path) -> None:
+    c = await start_cluster(tmp_path)
+    try:
+        sizes = {"a": 300_000, "b": 10, "c": 50_000, "d": 0}
+        for key, size in sizes.items():
+            await put(c, key, payload(size, seed=size))
+        stats = await Repairer(c.view, c.client, c.io, gc_grace=3600).run_pass()
+        assert (stats.objects_scanned, stats.bytes_scanned) == (4, sum(sizes.values()))
+        # An owner that lost a record does not make the pass count less: the fullest node's bytes count.
+        c.store(c.owners("a")[0].id).delete_record(BUCKET, "a", (await c.io.find(c.ring, BUCKET, "a")).record.version)
+        stats = await Repairer(c.view, c.client, c.io, gc_grace=3600).run_pass()
+        assert stats.bytes_scanned == sum(sizes.values()) and stats.shards_rebuilt == 1
+    finally:
+        await c.close()
