@@ -1,4 +1,4 @@
-"""The gateway's write budget: how many bytes the writes in flight may buffer, shared first come, first served."""
+"""The gateway's write and read budgets: the bytes the writes, and the GETs, in flight may buffer, first come first served."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 
 from objstore.cluster import ECProfile
 from objstore.objects import write_buffer_bytes
+from objstore.reader import read_buffer_bytes
+from objstore.records import ObjectRecord
 
 from gateway.errors import S3Error
 
@@ -23,26 +25,30 @@ TRIM_AFTER_BYTES = 64 * 1024 * 1024
 
 
 class BudgetTimeout(Exception):
-    """A write waited `wait` seconds for its share of the budget without getting it (S3 answers SlowDown)."""
+    """A request waited `wait` seconds for its share of the budget without getting it (S3 answers SlowDown)."""
 
 
-class WriteBudget:
-    """A byte budget for writes in flight, handed out in arrival order.
+class Budget:
+    """A byte budget for requests in flight, handed out in arrival order; a gateway has one for writes, one for GETs.
 
     Each write reserves, before it reads a byte of its body, the most it can buffer (a small PUT its
     size, a streamed one a few stripes: `objstore.objects.write_buffer_bytes`), and gives it back when
-    its blob is written, failed or abandoned. A write that does not fit waits in a FIFO queue behind
-    the ones that came before it: a later write, small or large, never overtakes an earlier one, so
-    neither kind can starve the other. After `wait` seconds in the queue it gives up (BudgetTimeout).
+    its blob is written, failed or abandoned; each GET, before it reads a shard, the most its read path
+    holds (`objstore.reader.read_buffer_bytes`), until its response is sent or abandoned. A request that
+    does not fit waits in a FIFO queue behind the ones that came before it: a later one, small or large,
+    never overtakes an earlier one, so neither kind can starve the other. After `wait` seconds in the
+    queue it gives up (BudgetTimeout).
     """
 
-    def __init__(self, capacity: int, wait: float, on_idle: Callable[[], None] | None = None) -> None:
+    def __init__(self, capacity: int, wait: float, on_idle: Callable[[], None] | None = None,
+                 kind: str = "write") -> None:
         if capacity <= 0:
             raise ValueError(f"budget capacity must be > 0, got {capacity}")
+        self.kind = kind  # "write" or "read": names its metrics and messages
         self.capacity = capacity
         self.wait = wait
         self.in_use = 0
-        self.refused = 0  # writes that gave up waiting (answered SlowDown)
+        self.refused = 0  # requests that gave up waiting (answered SlowDown)
         self.granted = 0  # reservations granted, all time
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._on_idle = on_idle
@@ -50,7 +56,7 @@ class WriteBudget:
 
     @property
     def waiting(self) -> int:
-        """Writes queued for their share now."""
+        """Requests queued for their share now."""
         return len(self._waiters)
 
     @contextlib.asynccontextmanager
@@ -88,7 +94,7 @@ class WriteBudget:
                 self._wake()  # it may have been the head that held the others back
             if isinstance(e, TimeoutError):
                 self.refused += 1
-                raise BudgetTimeout(f"no {n} bytes of the write budget free within {self.wait:g}s "
+                raise BudgetTimeout(f"no {n} bytes of the {self.kind} budget free within {self.wait:g}s "
                                     f"({self.in_use} of {self.capacity} in use, {self.waiting} waiting)") from None
             raise
         return n
@@ -99,7 +105,7 @@ class WriteBudget:
         self._since_idle += n
 
     def release(self, n: int) -> None:
-        """Give back what `acquire` returned, and let in the writes at the head of the queue that now fit."""
+        """Give back what `acquire` returned, and let in the requests at the head of the queue that now fit."""
         self.in_use -= n
         self._wake()
         if self.in_use == 0 and not self._waiters and self._since_idle >= TRIM_AFTER_BYTES and self._on_idle:
@@ -121,20 +127,42 @@ class WriteBudget:
 
 
 @contextlib.asynccontextmanager
-async def write_share(budget: WriteBudget, ec: ECProfile, size: int | None) -> AsyncIterator[None]:
-    """Hold the share of a write of `size` bytes (None: unknown) for the body of the `async with`.
+async def share(budget: Budget, nbytes: int) -> AsyncIterator[None]:
+    """Hold `nbytes` of `budget` for the body of the `async with`; 0 takes nothing and never waits.
 
-    Not granted within the budget's wait: S3's 503 SlowDown, before a byte of the body is read, which
-    SDKs retry with backoff.
+    Not granted within the budget's wait: S3's 503 SlowDown, before a byte is read from the client or
+    the nodes, which SDKs retry with backoff.
     """
+    if nbytes <= 0:
+        yield
+        return
     try:
-        n = await budget.acquire(write_buffer_bytes(ec, size))
+        n = await budget.acquire(nbytes)
     except BudgetTimeout:
-        raise S3Error("SlowDown") from None  # counted in objstore_gateway_write_budget_refused
+        raise S3Error("SlowDown") from None  # counted in objstore_gateway_<kind>_budget_refused
     try:
         yield
     finally:
         budget.release(n)
+
+
+def write_share(budget: Budget, ec: ECProfile, size: int | None,
+                source: tuple[ObjectRecord, int, int] | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+    """Hold the share of a write of `size` bytes (None: unknown) for the body of the `async with`.
+
+    A copy names its `source` (record, offset, length): what reading it holds comes out of the same
+    write share, so a copy waits in one queue only and never holds one budget while it waits for the other.
+    """
+    nbytes = write_buffer_bytes(ec, size)
+    if source is not None:
+        nbytes += read_buffer_bytes(*source)
+    return share(budget, max(1, nbytes))
+
+
+def read_share(budget: Budget, rec: ObjectRecord, offset: int,
+               length: int) -> contextlib.AbstractAsyncContextManager[None]:
+    """Hold the share of a GET of bytes [offset, offset+length) of `rec` (an empty one takes nothing)."""
+    return share(budget, read_buffer_bytes(rec, offset, length))
 
 
 def declared_size(payload: object) -> int | None:

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from objstore.metrics import ProcessMetrics, SecondWindow
 from objstore.view import ClusterView
 
-from gateway.budget import WriteBudget
+from gateway.budget import Budget
 
 log = logging.getLogger("objstore.gateway.access")
 
@@ -45,21 +45,25 @@ class ViewCollector(Collector):
 
 
 class BudgetCollector(Collector):
-    """The write budget (gateway/budget.py), read at scrape time: bytes reserved, writes waiting, writes refused."""
+    """A budget (gateway/budget.py), read at scrape time: its bytes, bytes reserved, requests waiting, refused."""
 
-    def __init__(self, budget: WriteBudget) -> None:
+    # kind -> (requests, the same at the start of a sentence, its size setting, its wait setting)
+    WHAT = {"write": ("writes", "Writes", "write_buffer_mb", "write_wait"),
+            "read": ("GETs", "GETs", "read_buffer_mb", "read_wait")}
+
+    def __init__(self, budget: Budget) -> None:
         self.budget = budget
 
     def collect(self) -> Iterator[Metric]:
         b = self.budget
-        yield GaugeMetricFamily("objstore_gateway_write_budget_bytes",
-                                "Bytes the writes in flight may buffer (write_buffer_mb).", value=b.capacity)
-        yield GaugeMetricFamily("objstore_gateway_write_budget_in_use_bytes",
-                                "Bytes of the write budget reserved by writes in flight.", value=b.in_use)
-        yield GaugeMetricFamily("objstore_gateway_write_budget_waiting",
-                                "Writes queued for their share of the write budget.", value=b.waiting)
-        yield CounterMetricFamily("objstore_gateway_write_budget_refused",
-                                  "Writes answered 503 SlowDown after write_wait seconds in the queue.",
+        who, Who, size, wait = self.WHAT[b.kind]
+        name = f"objstore_gateway_{b.kind}_budget"
+        yield GaugeMetricFamily(f"{name}_bytes", f"Bytes the {who} in flight may buffer ({size}).", value=b.capacity)
+        yield GaugeMetricFamily(f"{name}_in_use_bytes", f"Bytes of the {b.kind} budget reserved by {who} in flight.",
+                                value=b.in_use)
+        yield GaugeMetricFamily(f"{name}_waiting", f"{Who} queued for their share of the {b.kind} budget.",
+                                value=b.waiting)
+        yield CounterMetricFamily(f"{name}_refused", f"{Who} answered 503 SlowDown after {wait} seconds in the queue.",
                                   value=b.refused)
 
 

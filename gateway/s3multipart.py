@@ -159,8 +159,9 @@ def _part_checksum_algorithm(req: S3Request, upload: Upload) -> str | None:
 
 
 async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, source: Any,
-                      expect_md5: bytes | None, algorithm: str | None = None, size: int | None = None
-                      ) -> dict[str, Any]:
+                      expect_md5: bytes | None, algorithm: str | None = None, size: int | None = None,
+                      copy_of: tuple[ObjectRecord, int, int] | None = None) -> dict[str, Any]:
+    """Write one part; UploadPartCopy names what `source` reads (`copy_of`: record, offset, length) for its share."""
     ring, partition, owners = _owners(gw, bucket, upload.key)
     blob_id = f"{upload.upload_id}-{number:05d}-{secrets.token_hex(4)}"
     md5 = hashlib.md5()
@@ -171,7 +172,7 @@ async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, 
         if summer is not None:
             summer.update(payload)
     try:
-        async with write_share(gw.budget, ring.ec, size):  # 503 SlowDown if no share within write_wait
+        async with write_share(gw.budget, ring.ec, size, copy_of):  # 503 SlowDown if no share within write_wait
             bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=feed)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
@@ -232,7 +233,7 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
         offset, length = _copy_range(req.headers["x-amz-copy-source-range"], src.record.size)
     algorithm = (upload.meta.get("checksum") or {}).get("algorithm")
     value = await _store_part(gw, bucket, upload, number, gw.io.read(src, offset, length), None, algorithm,
-                              size=length)
+                              size=length, copy_of=(src.record, offset, length))
     result: dict[str, object] = {"LastModified": ns_datetime(value["modified"]), "ETag": quote_etag(value["etag"])}
     if "checksum" in value:
         result[f"Checksum{value['checksum']['algorithm'].upper()}"] = value["checksum"]["value"]

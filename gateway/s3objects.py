@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from gateway import versioning
 from gateway.buckets import Bucket
-from gateway.budget import declared_size, write_share
+from gateway.budget import declared_size, read_share, write_share
 from gateway.errors import S3Error
 from gateway.headers import (
     ObjectMeta,
@@ -70,17 +71,19 @@ async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None
 async def store_object(gw: Gateway, bucket: Bucket, key: str, source: AsyncIterator[bytes] | object,
                        meta: ObjectMeta, expect_md5: bytes | None = None,
                        checksum: dict[str, str] | None = None,
-                       payload_checksum: object | None = None, size: int | None = None) -> ObjectRecord:
+                       payload_checksum: object | None = None, size: int | None = None,
+                       copy_of: ObjectRecord | None = None) -> ObjectRecord:
     """Erasure-code `source` into a new version of bucket/key and commit it. Nothing is visible on failure.
 
     `size` (None: not known) is what the client declared: the write waits for its share of the write
-    budget (503 SlowDown if it does not come) before it reads a byte.
+    budget (503 SlowDown if it does not come) before it reads a byte. A copy names the record `source`
+    reads (`copy_of`): its share covers that read too.
     """
     ring = gw.view.ring(bucket.pool)
     partition = ring.partition_of(bucket.name, key)
     md5 = hashlib.md5()
     try:
-        async with write_share(gw.budget, ring.ec, size):
+        async with write_share(gw.budget, ring.ec, size, (copy_of, 0, copy_of.size) if copy_of else None):
             blob = await gw.io.write_blob(ring, partition, new_version(), source,  # type: ignore[arg-type]
                                           on_payload=md5.update)
     except WriteFailed as e:
@@ -207,21 +210,24 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
         await resp.prepare(req.http)
         await resp.write_eof()
         return resp
-    chunks = gw.io.read(obj, offset, length).__aiter__()
-    first = b""
-    if length:
-        try:
-            first = await chunks.__anext__()  # fail before the status line if the object is unreadable
-        except (ReadFailed, StopAsyncIteration) as e:
-            raise S3Error("ServiceUnavailable", f"object unreadable right now: {e}") from None
-    resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = length
-    await resp.prepare(req.http)
-    if first:
-        await resp.write(first)
-        async for chunk in chunks:
-            await resp.write(chunk)
-    await resp.write_eof()
+    # The share is held until the last byte is handed to the client's connection, or the request ends
+    # otherwise (an error, a client that hung up); the reader is closed before it goes back.
+    async with read_share(gw.read_budget, rec, offset, length), \
+            contextlib.aclosing(gw.io.read(obj, offset, length)) as chunks:
+        first = b""
+        if length:
+            try:
+                first = await anext(chunks)  # fail before the status line if the object is unreadable
+            except (ReadFailed, StopAsyncIteration) as e:
+                raise S3Error("ServiceUnavailable", f"object unreadable right now: {e}") from None
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = length
+        await resp.prepare(req.http)
+        if first:
+            await resp.write(first)
+            async for chunk in chunks:
+                await resp.write(chunk)
+        await resp.write_eof()
     return resp
 
 
@@ -350,7 +356,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     else:
         meta = ObjectMeta(rec.content_type, dict(rec.headers), dict(rec.meta))
     new = await store_object(gw, bucket, req.key, gw.io.read(src), meta,
-                             checksum=rec.checksum if not rec.multipart else None, size=rec.size)
+                             checksum=rec.checksum if not rec.multipart else None, size=rec.size, copy_of=rec)
     headers = {}
     if (v := versioning.shown_on_write(bucket, new.version)) is not None:
         headers["x-amz-version-id"] = v

@@ -29,7 +29,7 @@ from objstore.users import REFRESH_INTERVAL, UserDirectory, UserStore
 from objstore.view import ClusterView
 
 from gateway import admin, metrics
-from gateway.budget import WriteBudget, malloc_trim
+from gateway.budget import Budget, malloc_trim
 from gateway.buckets import Buckets
 from gateway.errors import S3Error, error_response
 from gateway.sigv4 import Authenticator, PayloadReader, access_key_of
@@ -55,7 +55,8 @@ class Gateway:
     background: Background
     users: dict[str, User] = field(default_factory=dict)  # config and cluster users, kept by `directory`
     directory: UserDirectory | None = None
-    budget: WriteBudget = field(default_factory=lambda: WriteBudget(64_000_000, 5.0))  # bytes writes may buffer
+    budget: Budget = field(default_factory=lambda: Budget(64_000_000, 5.0))  # bytes writes may buffer
+    read_budget: Budget = field(default_factory=lambda: Budget(64_000_000, 5.0, kind="read"))  # bytes GETs may buffer
 
 
 @dataclass
@@ -312,15 +313,18 @@ async def build_app(cfg: GatewayConfig) -> web.Application:
     async def trim() -> None:
         await loop.run_in_executor(executor, malloc_trim)
 
-    # Once no write is in flight, what glibc kept of their stripes goes back to the kernel.
-    gw.budget = WriteBudget(int(cfg.write_buffer_mb * 1_000_000), cfg.write_wait,
-                            on_idle=lambda: background.spawn(trim()))
+    # Once no write (no GET) is in flight, what glibc kept of their stripes goes back to the kernel.
+    gw.budget = Budget(int(cfg.write_buffer_mb * 1_000_000), cfg.write_wait,
+                       on_idle=lambda: background.spawn(trim()))
+    gw.read_budget = Budget(int(cfg.read_buffer_mb * 1_000_000), cfg.read_wait,
+                            on_idle=lambda: background.spawn(trim()), kind="read")
     app = web.Application(middlewares=[metrics.observe_middleware, s3_middleware], client_max_size=1024**2 * 8, handler_args={"max_field_size": 65536, "auto_decompress": False})
     app[GATEWAY] = gw
     app.router.add_get("/_objstore/health", handle_health)
     gw_metrics = admin.install(app, users, view, cfg.secret)
     gw_metrics.register(UsersCollector(directory))
     gw_metrics.register(metrics.BudgetCollector(gw.budget))
+    gw_metrics.register(metrics.BudgetCollector(gw.read_budget))
     app.router.add_route("*", "/{tail:.*}", handle_s3, expect_handler=expect_continue)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

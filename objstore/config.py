@@ -62,6 +62,8 @@ class GatewayConfig:
     node_timeout: float = 10.0  # seconds before a node request counts as failed
     write_buffer_mb: float = 64.0  # MB (10^6 bytes) of bodies and shards the writes in flight may buffer; more wait
     write_wait: float = 5.0  # seconds a write may queue for its share of write_buffer_mb before 503 SlowDown
+    read_buffer_mb: float = 64.0  # MB (10^6 bytes) of shard blocks and payload the GETs in flight may buffer; more wait
+    read_wait: float = 5.0  # seconds a GET may queue for its share of read_buffer_mb before 503 SlowDown
     log_level: str = "info"  # debug, info, warning or error
     # DNS names that address buckets virtual-hosted style (Host: <bucket>.<domain>); *.localhost resolves to loopback
     domains: list[str] = field(default_factory=lambda: ["localhost"])
@@ -163,6 +165,10 @@ def gateway_config_from_dict(raw: dict[str, Any], where: str = "gateway") -> Gat
         raise ConfigError(f"{where}: field 'write_buffer_mb' must be >= 1 (one streamed write buffers about 8 MB)")
     if cfg.write_wait < 0:
         raise ConfigError(f"{where}: field 'write_wait' must be >= 0")
+    if cfg.read_buffer_mb < 1:
+        raise ConfigError(f"{where}: field 'read_buffer_mb' must be >= 1 (one streamed GET buffers about 8 MB)")
+    if cfg.read_wait < 0:
+        raise ConfigError(f"{where}: field 'read_wait' must be >= 0")
     ak, sk = os.environ.get("OBJSTORE_ACCESS_KEY"), os.environ.get("OBJSTORE_SECRET_KEY")
     if ak and sk:
         cfg.users = [u for u in cfg.users if u.access_key != ak] + [User(ak, sk, "admin", True)]

@@ -11,6 +11,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp.helpers
+
 from objstore import codec
 from objstore.client import NodeClient, NodeError
 from objstore.cluster import ECProfile, NodeInfo
@@ -23,6 +25,33 @@ log = logging.getLogger("objstore.objects")
 
 MAP_SETTLE_SECONDS = 300.0
 """After a map change moves a partition, reads of it ask every node this long (repair moves it meanwhile)."""
+
+STREAM_READAHEAD = 2 * getattr(aiohttp.helpers, "DEFAULT_CHUNK_SIZE", 2**16) + 256 * 1024
+"""Bytes one open shard stream may hold unread: aiohttp stops reading the socket past twice its read buffer (256 KiB
+in aiohttp 3.14), and the read that crosses that line brings up to 256 KiB (asyncio's largest recv)."""
+
+
+def read_buffer_bytes(rec: ObjectRecord, offset: int, length: int) -> int:
+    """The most bytes of blocks and payload one read of object bytes [offset, offset+length) holds at once.
+
+    While one stripe's blocks are read (k streams, and a spare for each laggard once the read hedges: at
+    most min(k, m) more), the previous stripe's blocks and the payload joined from them are still held
+    (the response is sending it); a ranged read's first stripe holds its payload and the slice cut from
+    it instead. Each shard stream may hold STREAM_READAHEAD unread bytes on top (none for inline shards,
+    which came with the records). What a gateway reserves of its read budget for a GET.
+    """
+    ec = rec.ec
+    blen, streams, start = 0, False, 0
+    for part in rec.parts:
+        end = start + part.size
+        if part.size and end > offset and start < offset + length:
+            blen = max(blen, codec.block_len(part.size, ec, 0))  # stripe 0 has the largest blocks
+            streams = streams or part.inline is None
+        start = end
+    if length <= 0 or not blen:
+        return 0
+    in_flight = ec.k + min(ec.k, ec.m)
+    return (2 * ec.k + in_flight) * blen + (in_flight * STREAM_READAHEAD if streams else 0)
 
 
 class ReadFailed(Exception):

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway import budget as budget_mod
-from gateway.budget import BudgetTimeout, WriteBudget, declared_size, write_share
+from gateway.budget import BudgetTimeout, Budget, declared_size, write_share
 from gateway.errors import S3Error
 from objstore.cluster import ECProfile
 from objstore.objects import INLINE_MAX_SHARD, SHARD_QUEUE_DEPTH, write_buffer_bytes
@@ -19,7 +19,7 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-async def _hold(b: WriteBudget, n: int, order: list[str], name: str, release: asyncio.Event) -> None:
+async def _hold(b: Budget, n: int, order: list[str], name: str, release: asyncio.Event) -> None:
     async with b.reserve(n):
         order.append(name)
         await release.wait()
@@ -27,7 +27,7 @@ async def _hold(b: WriteBudget, n: int, order: list[str], name: str, release: as
 
 def test_writes_are_let_in_first_come_first_served_small_ones_do_not_overtake() -> None:
     async def main() -> None:
-        b = WriteBudget(10, wait=5.0)
+        b = Budget(10, wait=5.0)
         order: list[str] = []
         gates = {name: asyncio.Event() for name in "abcd"}
         a = asyncio.create_task(_hold(b, 8, order, "a", gates["a"]))
@@ -48,7 +48,7 @@ def test_writes_are_let_in_first_come_first_served_small_ones_do_not_overtake() 
 
 def test_many_small_writes_behind_a_large_one_all_get_in_without_starving_it() -> None:
     async def main() -> None:
-        b = WriteBudget(100, wait=5.0)
+        b = Budget(100, wait=5.0)
         order: list[str] = []
         first = asyncio.Event()
         holder = asyncio.create_task(_hold(b, 60, order, "first", first))
@@ -68,7 +68,7 @@ def test_many_small_writes_behind_a_large_one_all_get_in_without_starving_it() -
 
 def test_a_write_waits_at_most_wait_seconds_then_is_refused_and_leaves_the_queue() -> None:
     async def main() -> None:
-        b = WriteBudget(10, wait=0.05)
+        b = Budget(10, wait=0.05)
         gate = asyncio.Event()
         holder = asyncio.create_task(_hold(b, 10, [], "holder", gate))
         await asyncio.sleep(0)
@@ -89,7 +89,7 @@ def test_a_write_waits_at_most_wait_seconds_then_is_refused_and_leaves_the_queue
 
 def test_a_refused_head_lets_the_writes_behind_it_in() -> None:
     async def main() -> None:
-        b = WriteBudget(10, wait=5.0)
+        b = Budget(10, wait=5.0)
         gate = asyncio.Event()
         holder = asyncio.create_task(_hold(b, 6, [], "holder", gate))
         await asyncio.sleep(0)
@@ -111,7 +111,7 @@ def test_a_refused_head_lets_the_writes_behind_it_in() -> None:
 
 def test_the_share_goes_back_on_error_and_on_cancel_while_holding_or_waiting() -> None:
     async def main() -> None:
-        b = WriteBudget(10, wait=5.0)
+        b = Budget(10, wait=5.0)
         with pytest.raises(RuntimeError):
             async with b.reserve(7):
                 raise RuntimeError("node failed mid-write")
@@ -141,7 +141,7 @@ def test_the_share_goes_back_on_error_and_on_cancel_while_holding_or_waiting() -
 
 def test_a_grant_that_races_with_cancellation_is_handed_back() -> None:
     async def main() -> None:
-        b = WriteBudget(10, wait=5.0)
+        b = Budget(10, wait=5.0)
         n = await b.acquire(10)
         waiter = asyncio.create_task(b.acquire(4))
         await asyncio.sleep(0)
@@ -155,7 +155,7 @@ def test_a_grant_that_races_with_cancellation_is_handed_back() -> None:
 
 def test_a_request_larger_than_the_budget_waits_for_all_of_it() -> None:
     async def main() -> None:
-        b = WriteBudget(10, wait=5.0)
+        b = Budget(10, wait=5.0)
         async with b.reserve(10**9) as n:
             assert n == 10 and b.in_use == 10
         assert b.in_use == 0
@@ -164,7 +164,7 @@ def test_a_request_larger_than_the_budget_waits_for_all_of_it() -> None:
 
 def test_write_share_answers_slowdown_and_releases_what_it_took() -> None:
     async def main() -> None:
-        b = WriteBudget(write_buffer_bytes(EC, None), wait=0.02)
+        b = Budget(write_buffer_bytes(EC, None), wait=0.02)
         async with write_share(b, EC, 5 * 2**30):
             assert b.in_use == b.capacity
             with pytest.raises(S3Error) as e:
@@ -183,7 +183,7 @@ def test_idle_budget_trims_malloc_after_enough_bytes_went_through(monkeypatch: p
     async def main() -> None:
         calls: list[int] = []
         monkeypatch.setattr(budget_mod, "TRIM_AFTER_BYTES", 100)
-        b = WriteBudget(1000, wait=1.0, on_idle=lambda: calls.append(b.in_use))
+        b = Budget(1000, wait=1.0, on_idle=lambda: calls.append(b.in_use))
         async with b.reserve(60):
             async with b.reserve(60):
                 pass
@@ -215,7 +215,7 @@ def test_shares_by_size() -> None:
 
 def test_budget_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        WriteBudget(0, wait=1.0)
+        Budget(0, wait=1.0)
 
 
 @pytest.mark.parametrize("field,value", [("write_buffer_mb", 0.5), ("write_buffer_mb", -1), ("write_wait", -0.1),
