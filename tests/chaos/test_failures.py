@@ -30,6 +30,18 @@ def fill(s3, bucket: str, n: int, seed: int = 0) -> dict[str, str]:
     return model
 
 
+def remove_node(cluster, node_id: str) -> int:
+    """What `objstore cluster remove-node` does: a new map epoch with the node removed, pushed to every node.
+    Returns how many nodes took it."""
+    from dataclasses import replace
+
+    from objstore.ops import _publish, open_cluster
+
+    cmap, secret, map_path = open_cluster(str(cluster.data_dir / "cluster.json"))
+    new = cmap.with_changes(nodes=tuple(replace(n, state="removed") if n.id == node_id else n for n in cmap.nodes))
+    return _publish(new, secret, map_path)
+
+
 def check_all(s3, bucket: str, model: dict[str, str]) -> None:
     for key, digest in model.items():
         assert md5(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) == digest, key
@@ -161,17 +173,12 @@ def test_kill_nodes_during_writes(dev_cluster_factory):
 
 
 def test_removed_dead_node_is_rebuilt_elsewhere(dev_cluster_factory):
-    from objstore.ops import _publish, open_cluster  # the same path `objstore cluster remove-node` takes
-    from dataclasses import replace
-
     cluster = dev_cluster_factory(nodes=7, zones=3, down_after=2.0, node_settings=FAST_REPAIR)
     s3 = cluster.s3()
     model = fill(s3, "gone", 18, seed=3)
     wait_full_redundancy(cluster, "gone", list(model), timeout=30)
     cluster.kill_node("n7")
-    cmap, secret, map_path = open_cluster(str(cluster.data_dir / "cluster.json"))
-    new = cmap.with_changes(nodes=tuple(replace(n, state="removed") if n.id == "n7" else n for n in cmap.nodes))
-    assert _publish(new, secret, map_path) == 6
+    assert remove_node(cluster, "n7") == 6
     took = wait_full_redundancy(cluster, "gone", list(model), timeout=90)
     print(f"\nshards of a removed node rebuilt in {took:.1f}s")
     check_all(s3, "gone", model)
@@ -180,17 +187,12 @@ def test_removed_dead_node_is_rebuilt_elsewhere(dev_cluster_factory):
 def test_removing_a_node_of_six_keeps_objects_whole(dev_cluster_factory):
     """Five nodes left for 4+2: one owner per partition takes a second shard, and every object, old or new,
     gets back to k+m healthy shards; status reaches zero objects at risk."""
-    from objstore.ops import _publish, open_cluster
-    from dataclasses import replace
-
     cluster = dev_cluster_factory(down_after=2.0, node_settings=FAST_REPAIR)
     s3 = cluster.s3()
     model = fill(s3, "five", 18, seed=4)
     wait_full_redundancy(cluster, "five", list(model), timeout=30)
     cluster.kill_node("n6")
-    cmap, secret, map_path = open_cluster(str(cluster.data_dir / "cluster.json"))
-    new = cmap.with_changes(nodes=tuple(replace(n, state="removed") if n.id == "n6" else n for n in cmap.nodes))
-    assert _publish(new, secret, map_path) == 5
+    assert remove_node(cluster, "n6") == 5
     for i, size in enumerate((10, 300_000, 2_000_000)):  # inline, one stripe, streamed
         data = payload(900 + i, size)
         s3.put_object(Bucket="five", Key=f"after/{i}", Body=data)
