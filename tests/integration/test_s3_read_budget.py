@@ -6,17 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
-import subprocess
-import sys
 import time
-import tomllib
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -24,11 +17,10 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from objstore.devcluster import child_env, die_with_parent, probe_gateway
-from objstore.devsetup import to_toml
 from objstore.reader import read_buffer_bytes
 from objstore.records import ObjectRecord, PartRef
-from tests.cluster import LOOPBACK, DevCluster, free_port_range, wait_until
+from tests.cluster import DevCluster, wait_until
+from tests.integration.small_gateway import SmallGateway, small_gateway
 
 BODY = 4 * 1024 * 1024  # streamed: a GET's share is the streamed bound
 STALLED = 32 * 1024 * 1024  # more than loopback socket buffers take: a reader that stops reading holds its share
@@ -36,74 +28,31 @@ GETS = 8
 WAIT = 0.5  # read_wait of the small gateway
 
 
-@dataclass
-class SmallGateway:
-    """A second gateway on the shared cluster's nodes whose read budget holds two streamed GETs."""
 
-    endpoint: str
-    access_key: str
-    secret_key: str
-    region: str
-    capacity: int
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(self.endpoint + "/_objstore/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        return {m.group(1): float(m.group(2))
-                for m in re.finditer(r"^(objstore_gateway_read_budget\w*) (\S+)$", text, re.MULTILINE)}
-
-    def s3(self):  # type: ignore[no-untyped-def]
-        """boto3 as an application uses it: default retries (SlowDown is retried with backoff)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(s3={"addressing_style": "path"}, max_pool_connections=GETS + 2))
-
-    def open_get(self, bucket: str, key: str, headers: dict[str, str] | None = None) -> socket.socket:
-        """A signed GET sent on a socket with a small receive buffer; the caller reads (or does not read) the answer."""
-        host = urlsplit(self.endpoint).netloc
-        req = AWSRequest("GET", f"{self.endpoint}/{bucket}/{quote(key)}", headers={"Host": host, **(headers or {})})
-        S3SigV4Auth(Credentials(self.access_key, self.secret_key), "s3", self.region).add_auth(req)
-        hostname, port = host.split(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        sock.settimeout(30)
-        sock.connect((hostname, int(port)))
-        head = f"GET /{bucket}/{quote(key)} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
-        sock.sendall((head + "\r\n").encode())
-        return sock
 
 
 @pytest.fixture(scope="module")
-def small_gateway(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallGateway]:
-    gw = dev_cluster.require_gateway()
-    doc = tomllib.loads(Path(gw["config"]).read_text())
+def gateway(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallGateway]:
     ec = dev_cluster.cluster_map().ec
     share = read_buffer_bytes(ObjectRecord(bucket="b", key="k", version="v", shard=0, ec=ec, size=BODY, etag="",
                                            parts=[PartRef(1, BODY, "", "blob")]), 0, BODY)
-    port = free_port_range(1)
-    doc.update(listen=f"{LOOPBACK}:{port}", read_buffer_mb=2 * share / 1e6, read_wait=WAIT)
-    work = tmp_path_factory.mktemp("small-read-gateway")
-    config = work / "gateway.toml"
-    config.write_text(to_toml(doc))
-    with open(work / "gateway.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "objstore.cli", "gateway", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                                preexec_fn=die_with_parent(), cwd=work)
-    try:
-        wait_until(lambda: proc.poll() is not None or probe_gateway(LOOPBACK, port), 60, "the small gateway")
-        assert proc.poll() is None, (work / "gateway.log").read_text()[-3000:]
-        yield SmallGateway(f"http://{LOOPBACK}:{port}", dev_cluster.access_key, dev_cluster.secret_key,
-                           dev_cluster.region, int(2 * share / 1e6 * 1e6))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with small_gateway(dev_cluster, tmp_path_factory.mktemp("small-read-gateway"), "read", share, WAIT, GETS) as gw:
+        yield gw
+
+
+def open_get(gw: SmallGateway, bucket: str, key: str, headers: dict[str, str] | None = None) -> socket.socket:
+    """A signed GET sent on a socket with a small receive buffer; the caller reads (or does not read) the answer."""
+    host = urlsplit(gw.endpoint).netloc
+    req = AWSRequest("GET", f"{gw.endpoint}/{bucket}/{quote(key)}", headers={"Host": host, **(headers or {})})
+    S3SigV4Auth(Credentials(gw.access_key, gw.secret_key), "s3", gw.region).add_auth(req)
+    hostname, port = host.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect((hostname, int(port)))
+    head = f"GET /{bucket}/{quote(key)} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    sock.sendall((head + "\r\n").encode())
+    return sock
 
 
 def _in_use(gw: SmallGateway) -> float:
@@ -111,8 +60,8 @@ def _in_use(gw: SmallGateway) -> float:
 
 
 def test_gets_over_the_budget_get_slowdown_and_boto3_retries_them_once_stalled_readers_hang_up(
-        small_gateway: SmallGateway) -> None:
-    gw = small_gateway
+        gateway: SmallGateway) -> None:
+    gw = gateway
     s3 = gw.s3()
     bucket = "budget-gets"
     s3.create_bucket(Bucket=bucket)
@@ -126,7 +75,7 @@ def test_gets_over_the_budget_get_slowdown_and_boto3_retries_them_once_stalled_r
     s3.put_object(Bucket=bucket, Key="big", Body=os.urandom(STALLED))
 
     # Two clients that ask for the big object and read nothing: they hold the whole budget.
-    stalled = [gw.open_get(bucket, "big") for _ in range(2)]
+    stalled = [open_get(gw, bucket, "big") for _ in range(2)]
     wait_until(lambda: _in_use(gw) == gw.capacity, 10, "the stalled GETs to hold the budget")
     s3.head_object(Bucket=bucket, Key="obj-0")  # HEAD takes no share: answered at once
     s3.list_objects_v2(Bucket=bucket)
@@ -154,8 +103,8 @@ def test_gets_over_the_budget_get_slowdown_and_boto3_retries_them_once_stalled_r
     s3.delete_bucket(Bucket=bucket)
 
 
-def test_ranged_part_and_cut_off_gets_give_their_share_back(small_gateway: SmallGateway) -> None:
-    gw = small_gateway
+def test_ranged_part_and_cut_off_gets_give_their_share_back(gateway: SmallGateway) -> None:
+    gw = gateway
     s3 = gw.s3()
     bucket = "budget-get-ends"
     s3.create_bucket(Bucket=bucket)
@@ -168,12 +117,12 @@ def test_ranged_part_and_cut_off_gets_give_their_share_back(small_gateway: Small
         assert s3.get_object(Bucket=bucket, Key="obj", PartNumber=1)["Body"].read() == body
         assert s3.get_object(Bucket=bucket, Key="small")["Body"].read() == b"x" * 4096
     for _ in range(3):  # a client that hangs up after part of the body
-        sock = gw.open_get(bucket, "big")
+        sock = open_get(gw, bucket, "big")
         assert len(sock.recv(65536)) > 0
         time.sleep(0.2)
         sock.close()
     for _ in range(3):  # a client that hangs up before its answer started
-        gw.open_get(bucket, "big").close()
+        open_get(gw, bucket, "big").close()
     wait_until(lambda: _in_use(gw) == 0, 10, "every share back")
     assert gw.metrics()["objstore_gateway_read_budget_waiting"] == 0
     assert s3.get_object(Bucket=bucket, Key="big")["ContentLength"] == STALLED

@@ -7,23 +7,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
-import subprocess
-import sys
 import time
-import tomllib
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from objstore.devcluster import child_env, die_with_parent, probe_gateway
-from objstore.devsetup import to_toml
 from objstore.objects import write_buffer_bytes
-from tests.cluster import LOOPBACK, DevCluster, free_port_range, wait_until
+from tests.cluster import DevCluster, wait_until
+from tests.integration.small_gateway import SmallGateway, small_gateway
 from tests.integration.s3raw import open_put
 
 BODY = 4 * 1024 * 1024  # streamed (above k x 64 KiB): a write's share is the streamed bound or its size
@@ -31,64 +23,16 @@ PUTS = 8
 WAIT = 0.5  # write_wait of the small gateway
 
 
-@dataclass
-class SmallGateway:
-    """A second gateway on the shared cluster's nodes whose write budget holds two PUTs of BODY bytes."""
-
-    endpoint: str
-    access_key: str
-    secret_key: str
-    region: str
-    share: int
-    capacity: int
-
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(self.endpoint + "/_objstore/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        return {m.group(1): float(m.group(2))
-                for m in re.finditer(r"^(objstore_gateway_write_budget\w*) (\S+)$", text, re.MULTILINE)}
-
-    def s3(self):  # type: ignore[no-untyped-def]
-        """boto3 as an application uses it: default retries (SlowDown is retried with backoff)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(s3={"addressing_style": "path"}, max_pool_connections=PUTS + 2))
-
-
 @pytest.fixture(scope="module")
-def small_gateway(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallGateway]:
-    gw = dev_cluster.require_gateway()
-    doc = tomllib.loads(Path(gw["config"]).read_text())
+def gateway(dev_cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallGateway]:
     share = write_buffer_bytes(dev_cluster.cluster_map().ec, BODY)
-    port = free_port_range(1)
-    doc.update(listen=f"{LOOPBACK}:{port}", write_buffer_mb=2 * share / 1e6, write_wait=WAIT)
-    work = tmp_path_factory.mktemp("small-gateway")
-    config = work / "gateway.toml"
-    config.write_text(to_toml(doc))
-    with open(work / "gateway.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "objstore.cli", "gateway", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                                preexec_fn=die_with_parent(), cwd=work)
-    try:
-        wait_until(lambda: proc.poll() is not None or probe_gateway(LOOPBACK, port), 60, "the small gateway")
-        assert proc.poll() is None, (work / "gateway.log").read_text()[-3000:]
-        yield SmallGateway(f"http://{LOOPBACK}:{port}", dev_cluster.access_key, dev_cluster.secret_key,
-                           dev_cluster.region, share, int(2 * share / 1e6 * 1e6))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with small_gateway(dev_cluster, tmp_path_factory.mktemp("small-gateway"), "write", share, WAIT, PUTS) as gw:
+        yield gw
 
 
 def test_more_puts_than_the_budget_allows_get_slowdown_and_boto3_retries_them_all_in(
-        small_gateway: SmallGateway) -> None:
-    gw = small_gateway
+        gateway: SmallGateway) -> None:
+    gw = gateway
     s3 = gw.s3()
     bucket = "budget-puts"
     s3.create_bucket(Bucket=bucket)
@@ -135,8 +79,8 @@ def test_more_puts_than_the_budget_allows_get_slowdown_and_boto3_retries_them_al
     s3.delete_bucket(Bucket=bucket)
 
 
-def test_a_put_refused_for_its_digest_or_cut_off_gives_its_share_back(small_gateway: SmallGateway) -> None:
-    gw = small_gateway
+def test_a_put_refused_for_its_digest_or_cut_off_gives_its_share_back(gateway: SmallGateway) -> None:
+    gw = gateway
     s3 = gw.s3()
     bucket = "budget-errors"
     s3.create_bucket(Bucket=bucket)
