@@ -20,6 +20,7 @@ import msgpack
 from aiohttp import web
 
 from node import metrics
+from node.shards import BlobRow, ShardReader, ShardUpload
 from node.store import BlobMissing, BlobReferenced, CorruptShard, DiskFull, Store
 from objstore import auth
 from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
@@ -135,25 +136,35 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _failure(e: Exception) -> tuple[int, str, str] | None:
+    """The status, code and message a typed failure is answered with; None for anything else (a 500)."""
+    if isinstance(e, RecordError):
+        return 400, "bad_record", str(e)
+    if isinstance(e, (KeyError, ValueError)):
+        return 400, "bad_request", f"{type(e).__name__}: {e}"
+    if isinstance(e, DiskFull):
+        return 507, "disk_full", str(e)
+    if isinstance(e, CorruptShard):
+        return 409, "corrupt", str(e)
+    if isinstance(e, BlobMissing):
+        return 409, "blob_missing", str(e)
+    if isinstance(e, BlobReferenced):
+        return 409, "referenced", str(e)
+    return None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Typed failures to statuses, in one table; anything else is a 500 with a logged traceback."""
+    """Typed failures to statuses, in one table (`_failure`); anything else is a 500 with a logged traceback."""
     try:
         return await handler(request)
-    except RecordError as e:
-        return _error(400, "bad_record", str(e))
-    except (KeyError, ValueError) as e:
-        return _error(400, "bad_request", f"{type(e).__name__}: {e}")
-    except DiskFull as e:
-        log.warning("disk full: %s", e, extra={"path": request.path})
-        return _error(507, "disk_full", str(e))
-    except CorruptShard as e:
-        log.warning("%s", e, extra={"blob": e.row.blob, "shard": e.row.shard})
-        return _error(409, "corrupt", str(e))
-    except BlobMissing as e:
-        return _error(409, "blob_missing", str(e))
-    except BlobReferenced as e:
-        return _error(409, "referenced", str(e))
+    except (RecordError, KeyError, ValueError, DiskFull, CorruptShard, BlobMissing, BlobReferenced) as e:
+        if isinstance(e, DiskFull):
+            log.warning("disk full: %s", e, extra={"path": request.path})
+        elif isinstance(e, CorruptShard):
+            log.warning("%s", e, extra={"blob": e.row.blob, "shard": e.row.shard})
+        status, code, message = _failure(e) or (500, "internal", str(e))
+        return _error(status, code, message)
 
 
 def _q(request: web.Request, name: str) -> str:
@@ -171,40 +182,61 @@ def _blob_id(request: web.Request) -> tuple[str, int]:
 
 
 async def put_blob(request: web.Request) -> web.Response:
-    """Stream the body into a temp file (write and hash in the disk pool), make it durable, then add the row."""
+    """Stream the body into a temp file (write and hash in the disk pool), make it durable, then add the row.
+
+    The body is handed over in batches of WRITE_BATCH bytes, one job each while the next batch arrives;
+    the first job makes the temp file and the last one makes it durable, so a shard of one batch is one job.
+    """
     node = request.app[NODE]
     blob, shard = _blob_id(request)
     partition, block_size = int(_q(request, "partition")), int(_q(request, "block_size"))
     if not 0 <= partition < 1 << 20 or not 0 < block_size <= MAX_BLOCK_SIZE:
         return _error(400, "bad_request", f"partition {partition} or block_size {block_size} out of range")
-    writer = await node.run(node.store.begin_blob, partition, blob, shard, block_size)
-    in_flight: asyncio.Future[None] | None = None
+    store = node.store
+    store.blob_path(partition, blob, shard)  # a bad blob id is a 400 before a byte of the body is read
+    upload: ShardUpload[BlobRow] = ShardUpload(
+        lambda: store.begin_blob(partition, blob, shard, block_size),
+        lambda w: store.finish_blob(w, partition, blob, shard))
+    in_flight: asyncio.Future[BlobRow | None] | None = None
     ok = False
     try:
-        buf = bytearray()
+        batch: list[bytes] = []
+        size = 0
         async for chunk in request.content.iter_any():
-            buf += chunk
-            if len(buf) >= WRITE_BATCH:
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= WRITE_BATCH:
                 if in_flight is not None:
                     await in_flight
-                in_flight, buf = node.run(writer.write, buf), bytearray()
+                in_flight, batch, size = node.run(upload.write, batch), [], 0
         if in_flight is not None:
             await in_flight
-        if buf:
-            await node.run(writer.write, buf)
-        row = await node.run(node.store.finish_blob, writer, partition, blob, shard)
+        in_flight = node.run(upload.write, batch, True)
+        row = await in_flight
+        assert row is not None
         ok = True
     finally:
         if not ok:
-            # abort waits for a write still running (the writer's lock); shielded so a cancelled
-            # handler still removes its temp file.
-            await asyncio.shield(node.run(writer.abort))
+            # abort waits for a job still running (the upload's lock) and refuses any that starts after it;
+            # shielded so a cancelled handler still removes its temp file.
+            await asyncio.shield(node.run(upload.abort))
     log.debug("blob stored", extra={"blob": blob, "shard": shard, "size": row.size})
     return _packed({"checksums": row.checksums, "size": row.size})
 
 
+def _open_and_read(node: Node, row: BlobRow, first: int, count: int, last: bool) -> tuple[ShardReader, bytes]:
+    """Open a shard (its size is checked: CorruptShard) and read its first verified blocks, in one disk job;
+    `last`: that is all the request wants, and the file is closed in the same job."""
+    reader = node.store.open_shard(row)
+    return reader, reader.read_blocks(first, count, close=last)
+
+
 async def get_blob(request: web.Request) -> web.StreamResponse:
-    """Stream a byte range of a shard; every block it touches is verified before any of its bytes go out."""
+    """Stream a byte range of a shard; every block it touches is verified before any of its bytes go out.
+
+    Disk work is one job per READ_BATCH (the next batch is read while this one is sent): the first job
+    also opens the file, the last one closes it, so a shard of one batch costs one job.
+    """
     node = request.app[NODE]
     blob, shard = _blob_id(request)
     row = await node.sql(node.store.blob, blob, shard)
@@ -216,21 +248,22 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     length = int(request.query.get("length", str(max(0, row.size - offset))))
     if offset < 0 or length < 0 or offset + length > row.size:
         return _error(416, "bad_range", f"range {offset}+{length} of a {row.size}-byte shard")
-    reader = await node.run(node.store.open_shard, row)  # checks the size: CorruptShard → 409
     bs = row.block_size
     per_job = max(1, READ_BATCH // bs)
-    first, end = offset // bs, -(-(offset + length) // bs)
+    first, end = offset // bs, -(-(offset + length) // bs) if length else offset // bs
+    opening = node.disk.submit(_open_and_read, node, row, first, min(per_job, end - first), first + per_job >= end)
+    reader: ShardReader | None = None
     next_read: asyncio.Future[bytes] | None = None
     try:
-        next_read = node.run(reader.read_blocks, first, min(per_job, end - first)) if length else None
-        data = await next_read if next_read is not None else b""  # a bad first block is still a clean 409
+        reader, data = await asyncio.wrap_future(opening)  # a bad size or first block is still a clean 409
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
         resp.content_length = length
         await resp.prepare(request)
         skip, remaining, block = offset - first * bs, length, first
         while remaining > 0:
             block += per_job
-            next_read = node.run(reader.read_blocks, block, min(per_job, end - block)) if block < end else None
+            next_read = node.run(reader.read_blocks, block, min(per_job, end - block),
+                                 block + per_job >= end) if block < end else None
             piece = memoryview(data)[skip:skip + remaining]
             await resp.write(piece)
             skip, remaining = 0, remaining - len(piece)
@@ -247,9 +280,19 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     finally:
-        if next_read is not None and not next_read.done():
-            await asyncio.gather(next_read, return_exceptions=True)
-        await asyncio.shield(node.run(reader.close))
+        if reader is None:
+            # Cancelled while the first job ran: the reader it makes (if any) is closed where it is made.
+            opening.add_done_callback(_close_opened)
+        else:
+            if next_read is not None and not next_read.done():
+                await asyncio.gather(next_read, return_exceptions=True)
+            if not reader.closed:
+                await asyncio.shield(node.run(reader.close))
+
+
+def _close_opened(done: Any) -> None:
+    if not done.cancelled() and done.exception() is None:
+        done.result()[0].close()
 
 
 async def delete_blob(request: web.Request) -> web.Response:
@@ -282,6 +325,63 @@ async def get_record(request: web.Request) -> web.Response:
     recs = await node.sql(node.store.get_record, _q(request, "bucket"), _q(request, "key"),
                           request.query.get("version"))
     return _packed([r.pack() for r in recs])
+
+
+MAX_BATCH = 256
+"""Calls one batched record RPC may carry."""
+
+
+async def _batch(request: web.Request) -> list[Any]:
+    calls = msgpack.unpackb(await request.read(), raw=False)
+    if not isinstance(calls, list) or not 0 < len(calls) <= MAX_BATCH:
+        raise ValueError(f"a batch is a list of 1 to {MAX_BATCH} calls")
+    return calls
+
+
+def _answer(result: Any) -> list[Any]:
+    """One call of a batch: [200, result] or [status, {code, message}] as the single RPC would answer."""
+    if isinstance(result, Exception):
+        status, code, message = _failure(result) or (500, "internal", str(result))
+        return [status, {"code": code, "message": message}]
+    return [200, result]
+
+
+async def put_records(request: web.Request) -> web.Response:
+    """Store several records in one transaction (group commit); each is answered on its own, as /record would.
+
+    Writers send what queued for this node while their previous call was out, so under load one fsync
+    covers many objects, and a lone write waits for nothing.
+    """
+    node = request.app[NODE]
+    recs: list[ObjectRecord | Exception] = []
+    for packed in await _batch(request):
+        try:
+            recs.append(ObjectRecord.unpack(packed))
+        except RecordError as e:
+            recs.append(e)
+    valid = [r for r in recs if isinstance(r, ObjectRecord)]
+    results, freed = await node.sql(node.store.commit_records, valid, OLDER_VERSIONS_SHOWN + 1) if valid else ([], [])
+    if freed:
+        await node.run(node.store.unlink_shards, freed)
+    done = iter(results)
+    answers = []
+    for r in recs:
+        result = r if isinstance(r, Exception) else next(done)
+        if isinstance(result, list):
+            result = {"ok": True, **({"older": result} if len(result) <= OLDER_VERSIONS_SHOWN else {})}
+        answers.append(_answer(result))
+    return _packed(answers)
+
+
+async def get_records(request: web.Request) -> web.Response:
+    """Several /record lookups ([bucket, key, version or None] each) in one call and one SQLite job."""
+    node = request.app[NODE]
+    calls = [(str(b), str(k), None if v is None else str(v)) for b, k, v in await _batch(request)]
+
+    def lookup() -> list[list[bytes]]:
+        return [[r.pack() for r in node.store.get_record(*call)] for call in calls]
+
+    return _packed([_answer(packed) for packed in await node.sql(lookup)])
 
 
 async def get_versions(request: web.Request) -> web.Response:
@@ -437,6 +537,8 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     r.add_delete(blob, delete_blob)
     r.add_put("/record", put_record)
     r.add_get("/record", get_record)
+    r.add_post("/records", put_records)
+    r.add_post("/records/get", get_records)
     r.add_delete("/record", delete_record)
     r.add_get("/versions", get_versions)
     r.add_get("/list", list_entries)

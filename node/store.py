@@ -296,11 +296,57 @@ class Store:
 
         Blobs the previous copy of this record referenced and nothing references any more are removed.
         """
-        for path in self._put_record(rec):
+        result = self.put_records([rec], 0)[0]
+        if isinstance(result, Exception):
+            raise result
+
+    def put_records(self, recs: list[ObjectRecord], older_limit: int) -> list[list[str] | Exception]:
+        """Commit several records in one transaction (one fsync): group commit for concurrent writers.
+
+        Each record stands alone: one that is refused (RecordError, BlobMissing) is undone to its
+        savepoint and answered with its exception, the others commit. For each committed record, up to
+        `older_limit` older versions of its key held here, newest first. A failed COMMIT (disk full, I/O
+        error) raises: nothing of the batch was kept.
+        """
+        results, paths = self.commit_records(recs, older_limit)
+        self.unlink_shards(paths)
+        return results
+
+    def unlink_shards(self, paths: list[str]) -> None:
+        """Remove shard files no record references any more (paths as `commit_records` returns them)."""
+        for path in paths:
             unlink_shard(self.root / path)
 
     @on_sql_thread
-    def _put_record(self, rec: ObjectRecord) -> list[str]:
+    def commit_records(self, recs: list[ObjectRecord], older_limit: int) -> tuple[list[list[str] | Exception], list[str]]:
+        """`put_records` without removing the freed shard files: their paths are returned (SQL thread only)."""
+        db = self._db
+        results: list[list[str] | Exception] = []
+        paths: list[str] = []
+        with _transaction(db):
+            for rec in recs:
+                db.execute("SAVEPOINT rec")
+                try:
+                    paths += self._write_record(rec)
+                except (RecordError, BlobMissing) as e:
+                    db.execute("ROLLBACK TO rec")
+                    results.append(e)
+                else:
+                    results.append([])
+                db.execute("RELEASE rec")
+        for i, rec in enumerate(recs):
+            if isinstance(results[i], Exception):
+                continue
+            ident = (rec.bucket, rec.key, rec.version)
+            if self._held is not None:
+                self._held.add(partition_of(rec.bucket, rec.key, self.partition_bits))
+            self._unreadable.discard((*ident, rec.shard))
+            if older_limit:
+                results[i] = self.older_versions(rec.bucket, rec.key, rec.version, older_limit)
+        return results, paths
+
+    def _write_record(self, rec: ObjectRecord) -> list[str]:
+        """Check and write one record inside the caller's transaction; the shard files it frees."""
         db = self._db
         covered = sum(p.size for p in rec.parts)
         if not rec.deleted and covered != rec.size:
@@ -321,20 +367,15 @@ class Store:
                                         "AND shard=?", (*ident, rec.shard))}
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
         self._changed(partition)
-        with _transaction(db):
-            db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
-                        rec.etag, rec.created, rec.pack()))
-            db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=? AND shard=?", (*ident, rec.shard))
-            for blob in needed:
-                db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)", (blob, rec.shard, *ident))
-                db.execute("UPDATE blobs SET state='committed' WHERE blob=? AND shard=? AND state='pending'",
-                           (blob, rec.shard))
-            paths = self._drop_unreferenced(old - set(needed), rec.shard)
-        if self._held is not None:
-            self._held.add(partition)
-        self._unreadable.discard((*ident, rec.shard))
-        return paths
+        db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
+                    rec.etag, rec.created, rec.pack()))
+        db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=? AND shard=?", (*ident, rec.shard))
+        for blob in needed:
+            db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)", (blob, rec.shard, *ident))
+            db.execute("UPDATE blobs SET state='committed' WHERE blob=? AND shard=? AND state='pending'",
+                       (blob, rec.shard))
+        return self._drop_unreferenced(old - set(needed), rec.shard)
 
     def _drop_unreferenced(self, blobs: set[str], shard: int) -> list[str]:
         paths = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Self, cast
@@ -104,8 +104,76 @@ class BlobReader:
             raise NodeUnavailable(self.node.id, 0, f"{type(e).__name__}: {e}") from None
 
 
+class _Coalescer:
+    """Record calls to one node, sent as batches: a call made while `depth` batches are out waits for the
+    next batch, together with every other call made meanwhile (at most MAX_BATCH_CALLS per batch).
+
+    A lone call goes at once, as a batch of one; under load the batch grows with the load, so one HTTP
+    request and one node transaction (one fsync) serve many objects. `send` answers the batch with one
+    result or exception per call, or raises for all of them.
+    """
+
+    def __init__(self, send: Callable[[list[Any]], Awaitable[list[Any]]], depth: int) -> None:
+        self.send, self.depth = send, depth
+        self.queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.out = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, item: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.append((item, fut))
+        if self.out < self.depth:
+            self._next()
+        return await fut
+
+    def _next(self) -> None:
+        batch: list[tuple[Any, asyncio.Future[Any]]] = []
+        while self.queue and len(batch) < MAX_BATCH_CALLS:
+            item, fut = self.queue.pop(0)
+            if not fut.done():  # a caller that gave up (cancelled) costs the node nothing
+                batch.append((item, fut))
+        if batch:
+            self.out += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self.send([item for item, _ in batch])
+        except BaseException as e:  # noqa: BLE001 - every caller of the batch gets it
+            if isinstance(e, asyncio.CancelledError):
+                e = NodeUnavailable("?", 0, "client closed")
+            results = [e] * len(batch)
+            if isinstance(e, NodeUnavailable):
+                # The calls queued behind an unreachable node's batch would each wait out the same timeout.
+                batch += [(item, fut) for item, fut in self.queue if not fut.done()]
+                results += [e] * (len(batch) - len(results))
+                self.queue.clear()
+        finally:
+            self.out -= 1
+            if self.queue:
+                self._next()
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+
+MAX_BATCH_CALLS = 64
+"""Record calls one batched RPC carries at most (the node takes up to 256)."""
+BATCH_DEPTH = 2
+"""Batched record RPCs out to one node at once, per kind: one is being answered while the next fills."""
+
+
 class NodeClient:
-    """Talks to every node of the cluster through one connection pool."""
+    """Talks to every node of the cluster through one connection pool.
+
+    Record reads and writes (`get_record`, `put_record`) to one node are coalesced (`_Coalescer`).
+    """
 
     def __init__(self, secret: str, timeout: float = 10.0, connect_timeout: float = 2.0,
                  local_addr: str = "") -> None:
@@ -117,6 +185,21 @@ class NodeClient:
         self.timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
                                              sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._batches: dict[tuple[str, str, str], _Coalescer] = {}
+
+    def _coalescer(self, node: NodeInfo, path: str) -> _Coalescer:
+        key = (node.id, node.url, path)
+        c = self._batches.get(key)
+        if c is None:
+            async def send(calls: list[Any]) -> list[Any]:
+                answers = await self._unpack(node, "POST", path, data=msgpack.packb(calls, use_bin_type=True))
+                if not isinstance(answers, list) or len(answers) != len(calls):
+                    raise NodeError(node.id, 0, f"batch of {len(calls)} calls answered with {answers!r:.80}")
+                return [result if status == 200 else
+                        _error_for(node, status, msgpack.packb(result, use_bin_type=True))
+                        for status, result in answers]
+            c = self._batches[key] = _Coalescer(send, BATCH_DEPTH)
+        return c
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -127,6 +210,11 @@ class NodeClient:
         return self._session
 
     async def close(self) -> None:
+        batches, self._batches = list(self._batches.values()), {}
+        for c in batches:
+            for task in list(c.tasks):
+                task.cancel()
+            await asyncio.gather(*c.tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -202,13 +290,13 @@ class NodeClient:
 
     async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> list[str] | None:
         """Store a record; returns the older versions of its key the node holds (None if it did not say)."""
-        reply = await self._unpack(node, "PUT", "/record", data=rec.pack())
+        reply = await self._coalescer(node, "/records").call(rec.pack())
         older = reply.get("older") if isinstance(reply, dict) else None
         return [str(v) for v in older] if isinstance(older, list) else None
 
     async def get_record(self, node: NodeInfo, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         """The node's records (one per shard it holds) of the newest version, or of `version`."""
-        packed = await self._unpack(node, "GET", "/record", {"bucket": bucket, "key": key, "version": version})
+        packed = await self._coalescer(node, "/records/get").call([bucket, key, version])
         return [ObjectRecord.unpack(p) for p in packed]
 
     async def get_versions(self, node: NodeInfo, bucket: str, key: str) -> list[ObjectRecord]:

@@ -26,13 +26,18 @@ from objstore.versions import new_version, version_time_ns
 from objstore.view import ClusterView
 
 SECRET = "objects-test-secret"
+BATCHED = {"/records", "/records/get"}
 BS = 4096
 EC = ECProfile(4, 2, BS)
 BUCKET = "b"
 
 
 class CountingClient(NodeClient):
-    """A NodeClient that counts its calls by "METHOD /path" and node, and can make a node answer late."""
+    """A NodeClient that counts its calls by "METHOD /path" and node, and can make a node answer late.
+
+    Record reads and writes count as the single RPCs they stand for ("GET /record", "PUT /record"),
+    whatever batch they travelled in.
+    """
 
     def __init__(self, secret: str) -> None:
         super().__init__(secret, timeout=5.0)
@@ -42,11 +47,23 @@ class CountingClient(NodeClient):
 
     async def _call(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
                     data: Any = None, ok404: bool = False) -> bytes | None:
-        self.calls[f"{method} {path}"] += 1
-        self.by_node[(node.id, f"{method} {path}")] += 1
+        if path not in BATCHED:
+            await self._count(node, f"{method} {path}")
+        return await super()._call(node, method, path, params, data, ok404)
+
+    async def _count(self, node: NodeInfo, call: str) -> None:
+        self.calls[call] += 1
+        self.by_node[(node.id, call)] += 1
         if node.id in self.delays:
             await asyncio.sleep(self.delays[node.id])
-        return await super()._call(node, method, path, params, data, ok404)
+
+    async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> list[str] | None:
+        await self._count(node, "PUT /record")
+        return await super().put_record(node, rec)
+
+    async def get_record(self, node: NodeInfo, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
+        await self._count(node, "GET /record")
+        return await super().get_record(node, bucket, key, version)
 
     def count(self, call: str) -> int:
         return self.calls[call]

@@ -193,5 +193,5 @@ async def test_a_clients_metadata_calls_log_at_debug_unless_they_fail(nodes: lis
         finally:
             REQUEST_ID.reset(token)
     got = {r.operation: r for r in caplog.records if r.name == "objstore.node.rpc"}
-    assert got["get_record"].levelno == logging.DEBUG and got["get_record"].request_id == "REQ456"
+    assert got["get_records"].levelno == logging.DEBUG and got["get_records"].request_id == "REQ456"
     assert got["get_kv"].levelno == logging.INFO and got["get_kv"].status == 404

@@ -8,10 +8,11 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
+import msgpack
 import pytest
 import xxhash
 from aiohttp import web
@@ -288,6 +289,73 @@ async def test_record_commit_needs_the_blob_with_the_same_checksums(node: Harnes
     with pytest.raises(NodeError) as e:  # a committed blob is not deleted from under its record
         await node.client.delete_blob(node.info, "blobA", 0)
     assert (e.value.status, e.value.code) == (409, "referenced")
+
+
+async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_own(node: Harness,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls made while a batch is out go together in the next: fewer RPCs and node transactions than
+    calls, and each caller gets its own answer, its own error, as if it had called alone."""
+    data = payload(BS)
+    await node.client.put_blob(node.info, "blobB", 0, 3, BS, chunks(data))
+    good = [record(f"k{i}", "0000000000000001aa", [inline_part(f"v{i}".encode())]) for i in range(40)]
+    missing = record("m", "0000000000000001aa", [PartRef(1, BS, "etag", "nope", checksums=sums(data))])
+    short = replace(good[0], key="short", size=99)  # lists parts of fewer bytes than the record says
+    older = record("k3", "0000000000000000aa", [inline_part(b"old")])
+    await node.client.put_record(node.info, older)
+    rpcs: list[int] = []
+    send = NodeClient._unpack
+
+    async def counting(self: NodeClient, n: NodeInfo, method: str, path: str, params: object = None,
+                       data: object = None) -> object:
+        if path == "/records":
+            rpcs.append(len(msgpack.unpackb(data)))
+        return await send(self, n, method, path, params, data)
+
+    monkeypatch.setattr(NodeClient, "_unpack", counting)
+    calls = [*good[:20], missing, *good[20:], short]
+    results = await asyncio.gather(*(node.client.put_record(node.info, r) for r in calls), return_exceptions=True)
+    assert sum(rpcs) == len(calls) and len(rpcs) < len(calls) // 4, rpcs
+    by_key = dict(zip([r.key for r in calls], results, strict=True))
+    assert isinstance(by_key["m"], NodeError) and (by_key["m"].status, by_key["m"].code) == (409, "blob_missing")
+    assert isinstance(by_key["short"], NodeError) and (by_key["short"].status, by_key["short"].code) == (400, "bad_record")
+    assert by_key["k3"] == ["0000000000000000aa"] and all(by_key[r.key] == [] for r in good if r.key != "k3")
+    found = await asyncio.gather(*(node.client.get_record(node.info, "b", r.key) for r in calls))
+    assert [f[0].parts[0].inline for f in found[:20]] == [f"v{i}".encode() for i in range(20)]
+    assert found[20] == [] and found[-1] == []
+    assert node.store.blob("blobB", 0).state == "pending"  # nothing of the refused record was kept
+
+
+def test_a_batch_commits_what_it_can_in_one_transaction(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", partition_bits=8)
+    try:
+        bad = record("bad", "0000000000000001aa", [PartRef(1, 10, "etag", "nope", checksums=[1])])
+        ok = [record(f"k{i}", "0000000000000001aa", [inline_part()]) for i in range(3)]
+        commits = []
+        store.sql_executor.submit(store._db.set_trace_callback,
+                                  lambda sql: commits.append(sql) if sql == "COMMIT" else None).result()
+        results = store.put_records([ok[0], bad, ok[1], ok[2]], older_limit=5)
+        assert len(commits) == 1
+        assert [type(r).__name__ for r in results] == ["list", "BlobMissing", "list", "list"]
+        assert [len(store.get_record("b", k)) for k in ("k0", "bad", "k1", "k2")] == [1, 0, 1, 1]
+    finally:
+        store.close()
+
+
+async def test_calls_queued_behind_an_unreachable_node_fail_with_it(tmp_path: Path) -> None:
+    """A node that does not answer costs each queued call one timeout, not one timeout per batch before it."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never answers
+    port = server.sockets[0].getsockname()[1]
+    silent = NodeInfo("n9", f"127.0.0.1:{port}", "z1")
+    client = NodeClient(SECRET, timeout=0.5)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.get_record(silent, "b", f"k{i}") for i in range(30)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, NodeUnavailable) for r in results)
+        assert time.monotonic() - started < 1.4  # two batches out at once, the rest failed with them
+    finally:
+        await client.close()
+        server.close()
 
 
 UNICODE_KEYS = ["a/b/c", "100%", "a+b c", "emoji 🚀/ünï", "../up", "a//b/", "x?y&z=1#f", "%2F", " lead", "k" * 1024,
