@@ -22,6 +22,8 @@ ERROR_THRESHOLD = 3
 """Consecutive failures after which a node is taken out of rotation."""
 BACKOFF_MIN, BACKOFF_MAX = 2.0, 30.0
 HEDGE_MIN, HEDGE_MAX = 0.05, 1.0
+HEDGE_REFRESH = 0.2
+"""Seconds a computed hedge delay is reused."""
 
 
 @dataclass
@@ -66,6 +68,7 @@ class ClusterView:
         self._previous_rings: dict[tuple[int, str | None], Ring] = {}
         self.health: dict[str, NodeHealth] = {}
         self._refresh_lock = asyncio.Lock()
+        self._hedge: tuple[float, float] = (float("-inf"), 0.0)  # (when computed, delay)
 
     # -- map and rings -------------------------------------------------------------------------
 
@@ -158,8 +161,16 @@ class ClusterView:
 
         The typical node is the median of the per-node medians, so one slow node cannot drag the
         threshold up to its own latency (which would make hedging useless exactly when needed).
+        Computed at most every HEDGE_REFRESH seconds: every read asks, and the medians are sorts.
         """
+        now = time.monotonic()
+        at, delay = self._hedge
+        if now - at < HEDGE_REFRESH:
+            return delay
         medians = sorted(median(h.latencies) for h in self.health.values() if len(h.latencies) >= 5)
         if len(medians) < 2:
-            return HEDGE_MAX / 2
-        return min(HEDGE_MAX, max(HEDGE_MIN, 4 * medians[len(medians) // 2]))
+            delay = HEDGE_MAX / 2
+        else:
+            delay = min(HEDGE_MAX, max(HEDGE_MIN, 4 * medians[len(medians) // 2]))
+        self._hedge = (now, delay)
+        return delay

@@ -18,8 +18,9 @@ import xxhash
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from node.server import NODE, build_app
+from node.server import NODE, WRITE_BATCH, build_app
 from node.store import Store
+import objstore.client
 from objstore import auth
 from objstore.client import (
     DiskFull,
@@ -341,18 +342,19 @@ def test_a_batch_commits_what_it_can_in_one_transaction(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_calls_queued_behind_an_unreachable_node_fail_with_it(tmp_path: Path) -> None:
+async def test_calls_queued_behind_an_unreachable_node_fail_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node that does not answer costs each queued call one timeout, not one timeout per batch before it."""
+    monkeypatch.setattr(objstore.client, "MAX_BATCH_CALLS", 4)  # 30 calls: 2 batches out, 7 more to go
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never answers
     port = server.sockets[0].getsockname()[1]
     silent = NodeInfo("n9", f"127.0.0.1:{port}", "z1")
-    client = NodeClient(SECRET, timeout=0.5)
+    client = NodeClient(SECRET, timeout=1.0)
     try:
         started = time.monotonic()
         results = await asyncio.gather(*(client.get_record(silent, "b", f"k{i}") for i in range(30)),
                                        return_exceptions=True)
         assert all(isinstance(r, NodeUnavailable) for r in results)
-        assert time.monotonic() - started < 1.4  # two batches out at once, the rest failed with them
+        assert time.monotonic() - started < 3.0  # one timeout; batch after batch would take 5
     finally:
         await client.close()
         server.close()
@@ -506,8 +508,9 @@ async def test_client_gone_mid_blob_is_one_line_and_leaves_no_temp_file(node: Ha
         caplog.clear()
         _, writer = await asyncio.open_connection(host, int(port))
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        writer.write(f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n{head}\r\n".encode())
-        writer.write(payload(300_000))
+        # More than one write batch: its disk job makes the temp file while the rest is awaited.
+        writer.write(f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {3 * WRITE_BATCH}\r\n{head}\r\n".encode())
+        writer.write(payload(WRITE_BATCH + 300_000))
         await writer.drain()
         deadline = time.monotonic() + 3
         while not temp_files(node.data) and time.monotonic() < deadline:
