@@ -33,8 +33,8 @@ METRICS_PATH = "/metrics"
 NODE_METRICS = web.AppKey("node_metrics", ProcessMetrics)
 PEER_STATES = ("up", "suspect", "down")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-QUIET_OPERATIONS = frozenset({"get_record", "put_record", "get_records", "put_records", "get_versions", "delete_record", "list_entries",
-                              "get_kv", "put_kv", "list_kv"})
+QUIET_OPERATIONS = frozenset({"get_record", "put_record", "delete_record", "get_records", "put_records",
+                              "delete_records", "get_versions", "list_entries", "get_kv", "put_kv", "list_kv"})
 """Metadata RPCs logged at debug when they succeed, even for a client request (a small PUT makes six)."""
 
 REPAIR_GAUGES = {

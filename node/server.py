@@ -373,6 +373,16 @@ async def put_records(request: web.Request) -> web.Response:
     return _packed(answers)
 
 
+async def delete_records(request: web.Request) -> web.Response:
+    """Several /record deletes ([bucket, key, version] each) in one transaction; answers [200, {"deleted"}] each."""
+    node = request.app[NODE]
+    versions = [(str(b), str(k), str(v)) for b, k, v in await _batch(request)]
+    counts, freed = await node.sql(node.store.drop_records, versions)
+    if freed:
+        await node.run(node.store.unlink_shards, freed)
+    return _packed([_answer({"deleted": n}) for n in counts])
+
+
 async def get_records(request: web.Request) -> web.Response:
     """Several /record lookups ([bucket, key, version or None] each) in one call and one SQLite job."""
     node = request.app[NODE]
@@ -539,6 +549,7 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     r.add_get("/record", get_record)
     r.add_post("/records", put_records)
     r.add_post("/records/get", get_records)
+    r.add_post("/records/delete", delete_records)
     r.add_delete("/record", delete_record)
     r.add_get("/versions", get_versions)
     r.add_get("/list", list_entries)

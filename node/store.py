@@ -429,26 +429,34 @@ class Store:
 
     def delete_record(self, bucket: str, key: str, version: str) -> int:
         """Remove a version's records, and the blobs no other record references. Returns the records removed."""
-        n, paths = self._delete_record(bucket, key, version)
-        for path in paths:
-            unlink_shard(self.root / path)
+        (n,), paths = self.drop_records([(bucket, key, version)])
+        self.unlink_shards(paths)
         return n
 
     @on_sql_thread
-    def _delete_record(self, bucket: str, key: str, version: str) -> tuple[int, list[str]]:
+    def drop_records(self, versions: list[tuple[str, str, str]]) -> tuple[list[int], list[str]]:
+        """`delete_record` of several versions in one transaction, without removing the freed shard files:
+        the records removed per version, and the paths of the files to remove (SQL thread only)."""
         db = self._db
-        refs = db.execute("SELECT blob, shard FROM blob_refs WHERE bucket=? AND key=? AND version=?",
-                          (bucket, key, version)).fetchall()
-        partition = partition_of(bucket, key, self.partition_bits)
-        self._changed(partition)
+        counts, paths, touched = [], [], set()
         with _transaction(db):
-            n = db.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version=?", (bucket, key, version)).rowcount
-            db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=?", (bucket, key, version))
-            paths = [p for blob, shard in refs for p in self._drop_unreferenced({blob}, shard)]
-        if n and self._held is not None and not db.execute("SELECT 1 FROM objects WHERE partition=? LIMIT 1",
-                                                           (partition,)).fetchone():
-            self._held.discard(partition)
-        return n, paths
+            for bucket, key, version in versions:
+                refs = db.execute("SELECT blob, shard FROM blob_refs WHERE bucket=? AND key=? AND version=?",
+                                  (bucket, key, version)).fetchall()
+                partition = partition_of(bucket, key, self.partition_bits)
+                self._changed(partition)
+                n = db.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version=?",
+                               (bucket, key, version)).rowcount
+                db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=?", (bucket, key, version))
+                paths += [p for blob, shard in refs for p in self._drop_unreferenced({blob}, shard)]
+                counts.append(n)
+                if n:
+                    touched.add(partition)
+        for partition in touched:
+            if self._held is not None and not db.execute("SELECT 1 FROM objects WHERE partition=? LIMIT 1",
+                                                         (partition,)).fetchone():
+                self._held.discard(partition)
+        return counts, paths
 
     def list_entries(self, bucket: str, prefix: str, start_after: str, limit: int, versions: bool) -> list[ListEntry]:
         """Sorted (key asc, version desc, shard) summaries; without `versions`, only each key's newest version.

@@ -172,7 +172,8 @@ BATCH_DEPTH = 2
 class NodeClient:
     """Talks to every node of the cluster through one connection pool.
 
-    Record reads and writes (`get_record`, `put_record`) to one node are coalesced (`_Coalescer`).
+    Record reads, writes and deletes (`get_record`, `put_record`, `delete_record`) to one node are coalesced
+    (`_Coalescer`).
     """
 
     def __init__(self, secret: str, timeout: float = 10.0, connect_timeout: float = 2.0,
@@ -304,7 +305,7 @@ class NodeClient:
         return [ObjectRecord.unpack(p) for p in packed]
 
     async def delete_record(self, node: NodeInfo, bucket: str, key: str, version: str) -> None:
-        await self._call(node, "DELETE", "/record", {"bucket": bucket, "key": key, "version": version})
+        await self._coalescer(node, "/records/delete").call([bucket, key, version])
 
     async def list_entries(self, node: NodeInfo, bucket: str, prefix: str = "", start_after: str = "",
                            limit: int = 1000, versions: bool = False) -> list[ListEntry]:

@@ -26,7 +26,7 @@ from objstore.versions import new_version, version_time_ns
 from objstore.view import ClusterView
 
 SECRET = "objects-test-secret"
-BATCHED = {"/records", "/records/get"}
+BATCHED = {"/records", "/records/get", "/records/delete"}
 BS = 4096
 EC = ECProfile(4, 2, BS)
 BUCKET = "b"
@@ -64,6 +64,10 @@ class CountingClient(NodeClient):
     async def get_record(self, node: NodeInfo, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         await self._count(node, "GET /record")
         return await super().get_record(node, bucket, key, version)
+
+    async def delete_record(self, node: NodeInfo, bucket: str, key: str, version: str) -> None:
+        await self._count(node, "DELETE /record")
+        await super().delete_record(node, bucket, key, version)
 
     def count(self, call: str) -> int:
         return self.calls[call]

@@ -324,6 +324,9 @@ async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_ow
     assert [f[0].parts[0].inline for f in found[:20]] == [f"v{i}".encode() for i in range(20)]
     assert found[20] == [] and found[-1] == []
     assert node.store.blob("blobB", 0).state == "pending"  # nothing of the refused record was kept
+    await asyncio.gather(*(node.client.delete_record(node.info, "b", r.key, r.version) for r in good[::2]))
+    left = await asyncio.gather(*(node.client.get_record(node.info, "b", r.key) for r in good))
+    assert [bool(f) for f in left] == [i % 2 == 1 or r.key == "k3" for i, r in enumerate(good)]  # k3's older one
 
 
 def test_a_batch_commits_what_it_can_in_one_transaction(tmp_path: Path) -> None:
