@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -290,7 +290,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
                 await asyncio.shield(node.run(reader.close))
 
 
-def _close_opened(done: Any) -> None:
+def _close_opened(done: Future[tuple[ShardReader, bytes]]) -> None:
     if not done.cancelled() and done.exception() is None:
         done.result()[0].close()
 

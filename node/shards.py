@@ -8,10 +8,10 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 import xxhash
 
@@ -21,6 +21,9 @@ BLOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
 """Blob ids become file names: no dots (so no '..' and no clash with .tmp/.corrupted), no slashes."""
 
 SQLITE_FULL = 13
+IOV_MAX = 1024
+"""Buffers one writev call may take (Linux's IOV_MAX)."""
+R = TypeVar("R")
 
 
 class DiskFull(OSError):
@@ -111,34 +114,42 @@ class BlobWriter:
         self._lock = threading.Lock()
         self.renamed = False
 
-    def write(self, data: bytes | bytearray) -> None:
-        """Append bytes and extend the block checksums (xxh3 releases the GIL on large buffers)."""
+    def write(self, data: bytes | bytearray | Sequence[bytes]) -> None:
+        """Append bytes (one buffer, or several written with one writev: no joining copy) and extend the
+        block checksums (xxh3 releases the GIL on large buffers)."""
         with self._lock:
-            self._write(data)
+            self._write([data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         if self.fd is None:
             raise ValueError("shard upload already finished or aborted")
-        if self.fail_after_bytes is not None and self.size + len(data) > self.fail_after_bytes:
+        views = [memoryview(p).cast("B") for p in pieces if len(p)]
+        total = sum(len(v) for v in views)
+        if self.fail_after_bytes is not None and self.size + total > self.fail_after_bytes:
             raise DiskFull(errno.ENOSPC, "No space left on device (fault hook)")
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self.fd, view):]
+            pending, i = list(views), 0
+            while i < len(pending):
+                written = os.writev(self.fd, pending[i:i + IOV_MAX])
+                while i < len(pending) and written >= len(pending[i]):
+                    written -= len(pending[i])
+                    i += 1
+                if written:
+                    pending[i] = pending[i][written:]
         except OSError as e:
             if is_disk_full(e):
                 raise DiskFull(e.errno, e.strerror) from None
             raise
-        view = memoryview(data)
-        while view:
-            take = min(self.block_size - self._filled, len(view))
-            self._hasher.update(view[:take])
-            self._filled += take
-            view = view[take:]
-            if self._filled == self.block_size:
-                self.checksums.append(self._hasher.intdigest())
-                self._hasher, self._filled = xxhash.xxh3_64(), 0
-        self.size += len(data)
+        for view in views:
+            while view:
+                take = min(self.block_size - self._filled, len(view))
+                self._hasher.update(view[:take])
+                self._filled += take
+                view = view[take:]
+                if self._filled == self.block_size:
+                    self.checksums.append(self._hasher.intdigest())
+                    self._hasher, self._filled = xxhash.xxh3_64(), 0
+        self.size += total
 
     def finish(self) -> None:
         """fsync the file, rename it to its final name, fsync the directory."""
@@ -178,6 +189,44 @@ class BlobWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+class ShardUpload(Generic[R]):
+    """A shard upload whose disk work is done in few thread-pool jobs: the first write makes the temp file
+    (no job of its own) and the last write also makes it durable, so a shard that fits one batch costs one job.
+
+    `begin` makes the BlobWriter, `finish` makes it durable and records it (both called in the job). Jobs
+    run one at a time under a lock; `abort` waits for a job that is running, removes the temp file and
+    refuses the jobs that come after it (one that the event loop could not cancel in time).
+    """
+
+    def __init__(self, begin: Callable[[], BlobWriter], finish: Callable[[BlobWriter], R]) -> None:
+        self._begin, self._finish = begin, finish
+        self._writer: BlobWriter | None = None
+        self._aborted = False
+        self._lock = threading.Lock()
+
+    def write(self, pieces: Sequence[bytes], finish: bool = False) -> R | None:
+        """Append `pieces`; with `finish`, then make the shard durable and return what `finish` returns."""
+        with self._lock:
+            if self._aborted:
+                raise ValueError("shard upload aborted")
+            try:
+                if self._writer is None:
+                    self._writer = self._begin()
+                self._writer.write(pieces)
+                return self._finish(self._writer) if finish else None
+            except BaseException:
+                if self._writer is not None:
+                    self._writer.abort()
+                raise
+
+    def abort(self) -> None:
+        """Close and remove the temp file (safe to call more than once, and after `finish`)."""
+        with self._lock:
+            self._aborted = True
+            if self._writer is not None:
+                self._writer.abort()
+
+
 class ShardReader:
     """An open shard file whose blocks are verified against the stored checksums before they are returned.
 
@@ -198,12 +247,23 @@ class ShardReader:
         if actual != row.size or len(row.checksums) != row.blocks:
             self._bad(f"size {actual}, expected {row.size} in {len(row.checksums)} blocks")
 
-    def read_blocks(self, first: int, count: int) -> bytes:
-        """Blocks first..first+count-1 (clipped to the shard), concatenated, every one verified."""
+    def read_blocks(self, first: int, count: int, close: bool = False) -> bytes:
+        """Blocks first..first+count-1 (clipped to the shard), concatenated, every one verified.
+
+        `close`: the last read of this reader closes the file in the same call (one thread-pool job less).
+        """
         with self._lock:
             if self.fd < 0:
                 raise ValueError("shard reader is closed")
-            return self._read_blocks(first, count)
+            try:
+                return self._read_blocks(first, count)
+            finally:
+                if close:
+                    self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
 
     def _read_blocks(self, first: int, count: int) -> bytes:
         bs = self.row.block_size

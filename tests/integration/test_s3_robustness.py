@@ -52,7 +52,10 @@ def bucket(s3, request) -> str:  # type: ignore[no-untyped-def]
 def test_client_disconnect_mid_put_leaves_nothing(cluster: DevCluster, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
     from objstore.ring import Ring
 
-    key, size = "half-sent", 6 * 1024 * 1024  # well above the inline limit: real shard files
+    # Well above the inline limit: real shard files. A node makes its temp file with its first write batch
+    # (node.server.WRITE_BATCH, 1 MiB of one shard): the two thirds sent (8 stripes, 2 MiB of each shard)
+    # get past it even with the gateway's shard queues holding a few blocks back.
+    key, size = "half-sent", 12 * 1024 * 1024
     cmap = cluster.cluster_map()
     partition = Ring(cmap).partition_of(bucket, key)
     shard_dirs = [n.data_dir / "data" / f"{partition:05d}" for n in cluster.nodes]

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import xxhash
 
-from node.shards import BlobWriter, CorruptShard, DiskFull
+from node.shards import BlobWriter, CorruptShard, DiskFull, ShardUpload
 from node.store import BlobMissing, BlobReferenced, Store
 from objstore.cluster import ECProfile
 from objstore.codec import block_checksum
@@ -310,3 +310,36 @@ def test_a_version_2_database_moves_its_records_into_a_rowid_table(tmp_path: Pat
         assert s.sql_executor.submit(lambda: s._db.execute("PRAGMA user_version").fetchone()[0]).result() == 3
     finally:
         s.close()
+
+
+def test_writer_takes_many_pieces_in_one_call(tmp_path: Path) -> None:
+    """A batch of received chunks is written as it came (writev, no joined copy): same file, same checksums."""
+    data = random.Random(7).randbytes(5 * BS + 300)
+    cuts = [0, 1, 700, BS, 3 * BS + 5, len(data)]
+    w = BlobWriter(tmp_path / "d" / "x.0", BS, fsync=False)
+    w.write([data[a:b] for a, b in zip(cuts, cuts[1:])] + [b""])
+    w.write([])
+    w.finish()
+    assert (tmp_path / "d" / "x.0").read_bytes() == data
+    assert w.checksums == [block_checksum(data[i:i + BS]) for i in range(0, len(data), BS)]
+
+
+def test_shard_upload_makes_its_file_in_the_first_job_and_an_abort_stops_later_jobs(store: Store) -> None:
+    data = random.Random(8).randbytes(3 * BS)
+    temps = lambda: list(store.data.rglob("*.tmp"))  # noqa: E731
+    upload = ShardUpload(lambda: store.begin_blob(5, "up", 0, BS), lambda w: store.finish_blob(w, 5, "up", 0))
+    assert temps() == []  # nothing on disk before the first write
+    upload.write([data[:BS]])
+    assert len(temps()) == 1
+    row = upload.write([data[BS:]], finish=True)
+    assert row is not None and row.size == len(data) and temps() == []
+    with store.open_shard(row) as r:
+        assert r.read_blocks(0, 3, close=True) == data and r.closed
+
+    cut = ShardUpload(lambda: store.begin_blob(5, "cut", 0, BS), lambda w: store.finish_blob(w, 5, "cut", 0))
+    cut.write([data])
+    cut.abort()
+    assert temps() == []
+    with pytest.raises(ValueError):
+        cut.write([data], finish=True)  # a job that starts after the abort makes nothing
+    assert temps() == [] and store.blob("cut", 0) is None
