@@ -118,7 +118,7 @@ def plans(quick: bool) -> dict[str, Any]:
     about 40 minutes on a 2-core machine."""
     if quick:
         return {
-            "compare": ComparePlan(sizes=[4096, 1 << 20, 64 << 20], concurrency=[1, 8, 32], big_concurrency=[1, 4],
+            "compare": ComparePlan(sizes=[4096, 1 << 20, 16 << 20], concurrency=[1, 8, 32], big_concurrency=[1, 4],
                                    seconds=2.0, max_ops=5_000, max_bytes=1 << 30, rounds=1),
             "scale": ScalePlan(checkpoints=[1_000, 10_000], batch=2000, seconds=3.0, budget_s=300.0),
             "repair": RepairPlan(gib=0.125, object_mib=16, client_objects=64, baseline_s=5.0, after_s=3.0,
@@ -128,9 +128,10 @@ def plans(quick: bool) -> dict[str, Any]:
                          repair_bytes=64 << 20, repair_timeout_s=300.0),
         }
     return {
-        "compare": ComparePlan(sizes=[4096, 1 << 20, 64 << 20, 256 << 20], concurrency=[1, 8, 32],
+        "compare": ComparePlan(sizes=[4096, 1 << 20, 16 << 20, 256 << 20], concurrency=[1, 8, 32],
                                big_concurrency=[1, 8], seconds=5.0, max_ops=20_000, max_bytes=2 << 30, rounds=3),
-        "scale": ScalePlan(checkpoints=[1_000, 10_000, 100_000], batch=2500, seconds=5.0, budget_s=780.0),
+        "scale": ScalePlan(checkpoints=[1_000, 10_000, 100_000, 1_000_000], batch=5000, fill_concurrency=64,
+                           seconds=5.0, budget_s=2400.0),
         "repair": RepairPlan(gib=1.0, object_mib=64, client_objects=128, baseline_s=15.0, after_s=5.0,
                              timeout_s=900.0),
         "chaos": ChaosPlan(seconds=60.0, period=10.0, down=4.0, objects=200),

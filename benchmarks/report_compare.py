@@ -29,6 +29,11 @@ __all__ = ["ComparePlan", "by_role", "idle_cpu", "medians", "run_compare"]
 
 SMALL = 4096
 PREFIX = "report/"
+TARGET_CONCURRENCY = {SMALL: 32, 1 << 20: 16, 16 << 20: 4}
+"""The concurrency each size's SeaweedFS figures of issue #5 were seen at."""
+TARGETS = [("put", SMALL, 1.0), ("get", SMALL, 1.0), ("put", 1 << 20, 1.2), ("get", 1 << 20, 0.8),
+           ("put", 16 << 20, 1.2), ("get", 16 << 20, 0.7)]
+"""Issue #5's targets: (workload, size, least ratio objstore / SeaweedFS), at TARGET_CONCURRENCY."""
 
 
 @dataclass
@@ -37,13 +42,15 @@ class ComparePlan:
 
     sizes: list[int]
     concurrency: list[int]
-    big_concurrency: list[int]  # for sizes of 64 MiB and more: 32 of them in flight would be 8 GiB per store
+    big_concurrency: list[int]  # for sizes of 16 MiB and more: 32 of 256 MiB in flight would be 8 GiB per store
     small_workloads: list[str] = field(default_factory=lambda: ["put", "get", "head", "list", "delete", "mixed"])
     seconds: float = 5.0
     max_ops: int = 20_000
     max_bytes: int = 2 << 30
-    rounds: int = 1  # repeats of the headline cells: PUT and GET at `headline_concurrency`, sizes up to 1 MiB
+    rounds: int = 1  # repeats of the target cells (PUT and GET at `targets[size]`)
     headline_concurrency: int = 8
+    targets: dict[int, int] = field(default_factory=lambda: dict(TARGET_CONCURRENCY))
+    """size -> the concurrency issue #5 sets its targets at; PUT and GET there run `rounds` times (medians)."""
     idle_seconds: float = 5.0  # every store at rest, its CPU sampled
     overhead_objects: dict[int, int] = field(default_factory=lambda: {1 << 20: 128, SMALL: 512})
 
@@ -52,12 +59,14 @@ class ComparePlan:
 
     def cells(self, size: int) -> list[tuple[str, int, int]]:
         """(workload, concurrency, round) in the order they run for `size`."""
-        sweep = self.concurrency if size < (64 << 20) else self.big_concurrency
+        sweep = self.concurrency if size < (16 << 20) else self.big_concurrency
+        target = self.targets.get(size)
+        sweep = sorted({*sweep, target}) if target else sweep
         out: list[tuple[str, int, int]] = []
         for workload in self.workloads(size):
             for concurrency in sweep:
-                headline = workload in ("put", "get") and concurrency == self.headline_concurrency and size <= 1 << 20
-                out.extend((workload, concurrency, r) for r in range(self.rounds if headline else 1))
+                repeated = workload in ("put", "get") and concurrency == target
+                out.extend((workload, concurrency, r) for r in range(self.rounds if repeated else 1))
         return out
 
     @staticmethod
@@ -169,7 +178,8 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
         for system in systems:
             async with new_session() as session:
                 await delete_all(system.client(session, payloads), spaces[system.name])
-    return {"plan": asdict(plan) | {"overhead_objects": {str(k): v for k, v in plan.overhead_objects.items()}},
+    return {"plan": asdict(plan) | {"overhead_objects": {str(k): v for k, v in plan.overhead_objects.items()},
+                                    "targets": {str(k): v for k, v in plan.targets.items()}},
             "systems": [s.name for s in systems], "idle_cpu_cores": idle, "overhead": overhead, "cells": rows}
 
 
