@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ class BlobReader:
 
 class _Coalescer:
     """Record calls to one node, sent as batches: a call made while `depth` batches are out waits for the
-    next batch, together with every other call made meanwhile (at most MAX_BATCH_CALLS per batch).
+    next batch, together with every other call made meanwhile (at most MAX_BATCH_CALLS calls, and about
+    MAX_BATCH_BYTES of records, per batch).
 
     A lone call goes at once, as a batch of one; under load the batch grows with the load, so one HTTP
     request and one node transaction (one fsync) serve many objects. `send` answers the batch with one
@@ -115,7 +117,7 @@ class _Coalescer:
 
     def __init__(self, send: Callable[[list[Any]], Awaitable[list[Any]]], depth: int) -> None:
         self.send, self.depth = send, depth
-        self.queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.queue: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self.out = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -128,10 +130,12 @@ class _Coalescer:
 
     def _next(self) -> None:
         batch: list[tuple[Any, asyncio.Future[Any]]] = []
-        while self.queue and len(batch) < MAX_BATCH_CALLS:
-            item, fut = self.queue.pop(0)
+        size = 0
+        while self.queue and len(batch) < MAX_BATCH_CALLS and size < MAX_BATCH_BYTES:
+            item, fut = self.queue.popleft()
             if not fut.done():  # a caller that gave up (cancelled) costs the node nothing
                 batch.append((item, fut))
+                size += len(item) if isinstance(item, bytes) else 0
         if batch:
             self.out += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
@@ -165,6 +169,9 @@ class _Coalescer:
 
 MAX_BATCH_CALLS = 64
 """Record calls one batched RPC carries at most (the node takes up to 256)."""
+MAX_BATCH_BYTES = 8 << 20
+"""A batch closes once its packed records reach this size (a node reads at most 64 MiB of body; a record of
+a 10,000-part upload is about 1 MB)."""
 BATCH_DEPTH = 2
 """Batched record RPCs out to one node at once, per kind: one is being answered while the next fills."""
 

@@ -329,6 +329,23 @@ async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_ow
     assert [bool(f) for f in left] == [i % 2 == 1 or r.key == "k3" for i, r in enumerate(good)]  # k3's older one
 
 
+async def test_a_batch_closes_at_its_byte_limit(node: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objstore.client, "MAX_BATCH_BYTES", 1000)
+    sizes: list[int] = []
+    send = NodeClient._unpack
+
+    async def counting(self: NodeClient, n: NodeInfo, method: str, path: str, params: object = None,
+                       data: object = None) -> object:
+        sizes.append(len(data) if isinstance(data, bytes) else 0)
+        return await send(self, n, method, path, params, data)
+
+    monkeypatch.setattr(NodeClient, "_unpack", counting)
+    recs = [record(f"big{i}", "0000000000000001aa", [inline_part(payload(400, i))]) for i in range(12)]
+    await asyncio.gather(*(node.client.put_record(node.info, r) for r in recs))
+    assert len(sizes) >= 12 * 400 // 1500 and max(sizes) < 1000 + 2 * 600, sizes
+    assert all(await asyncio.gather(*(node.client.get_record(node.info, "b", r.key) for r in recs)))
+
+
 def test_a_batch_commits_what_it_can_in_one_transaction(tmp_path: Path) -> None:
     store = Store(tmp_path / "s", partition_bits=8)
     try:
