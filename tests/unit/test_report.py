@@ -1,0 +1,33 @@
+"""The benchmark report's plan and its targets table, on made-up figures (the report itself is a benchmark)."""
+
+from __future__ import annotations
+
+from benchmarks.report_compare import ComparePlan
+from benchmarks.report_md import _targets
+
+MIB = 1 << 20
+
+
+def test_the_target_cells_run_every_round_and_join_the_sweep() -> None:
+    plan = ComparePlan(sizes=[4096, MIB, 16 * MIB], concurrency=[1, 8, 32], big_concurrency=[1, 8], rounds=3)
+    assert plan.cells(MIB) == [("put", 1, 0), ("put", 8, 0), *(("put", 16, r) for r in range(3)), ("put", 32, 0),
+                               ("get", 1, 0), ("get", 8, 0), *(("get", 16, r) for r in range(3)), ("get", 32, 0)]
+    big = plan.cells(16 * MIB)
+    assert {c for _, c, _ in big} == {1, 4, 8} and big.count(("put", 4, 2)) == 1
+    small = plan.cells(4096)
+    assert ("put", 32, 2) in small and ("head", 32, 0) in small and ("head", 32, 1) not in small
+
+
+def test_the_targets_table_gives_each_ratio_and_whether_it_is_met() -> None:
+    plan = {"sizes": [4096, MIB], "targets": {"4096": 32, str(MIB): 16}}
+    med = {("objstore", "put", 4096, 32): {"ops_per_s": 1200.0, "mb_per_s": 4.9},
+           ("seaweedfs", "put", 4096, 32): {"ops_per_s": 1000.0, "mb_per_s": 4.1},
+           ("objstore", "get", MIB, 16): {"ops_per_s": 300.0, "mb_per_s": 314.6},
+           ("seaweedfs", "get", MIB, 16): {"ops_per_s": 500.0, "mb_per_s": 524.3}}
+    rows = {line.split(" | ")[0].strip("| "): line for line in _targets(plan, med, ["seaweedfs"]).splitlines()
+            if line.startswith("| ") and "x" in line.split(" | ")[0]}
+    assert rows["PUT 4 KiB x32"].endswith("| 1.20 | >= 1x | yes |")
+    assert "315 MB/s" in rows["GET 1 MiB x16"] and rows["GET 1 MiB x16"].endswith("| 0.60 | >= 0.8x | **no** |")
+    assert rows["GET 4 KiB x32"].endswith("| - | >= 1x | - |")  # not measured: no verdict
+    assert "16 MiB" not in " ".join(rows)  # not in the plan's sizes
+    assert _targets(plan, med, ["swift"]) == ""  # no SeaweedFS, no targets table
