@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -194,6 +195,41 @@ def test_idle_budget_trims_malloc_after_enough_bytes_went_through(monkeypatch: p
         assert calls == [0], "too few bytes since the last trim"
     run(main())
     budget_mod.malloc_trim()  # harmless wherever it runs (a no-op without glibc)
+
+
+def test_gateway_keeps_freed_buffers_under_load_and_trims_only_once_idle(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """Budgets touch zero between requests all the time: one trim follows real idleness, not each of those."""
+    from aiohttp.test_utils import TestServer
+
+    from gateway import server
+    from objstore.cluster import ClusterMap, NodeInfo
+    from objstore.config import GatewayConfig
+
+    assert isinstance(budget_mod.keep_freed_buffers(), bool)  # True on glibc, False where there is no mallopt
+    trims: list[int] = []
+    monkeypatch.setattr(server, "malloc_trim", lambda: trims.append(0))
+    monkeypatch.setattr(server, "TRIM_AFTER_IDLE", 0.05)
+    monkeypatch.setattr(budget_mod, "TRIM_AFTER_BYTES", 1)
+    cmap = ClusterMap(epoch=2, ec=ECProfile(k=2, m=1, block_size=1024),
+                      nodes=tuple(NodeInfo(f"n{i}", "127.0.0.1:1", f"z{i}") for i in range(1, 4)))
+    cmap.save(tmp_path / "map.json")
+
+    async def main() -> None:
+        app = await server.build_app(GatewayConfig(listen="127.0.0.1:0", secret="s", map=str(tmp_path / "map.json")))
+        test_server = TestServer(app, host="127.0.0.1")
+        await test_server.start_server()
+        try:
+            gw = app[server.GATEWAY]
+            for _ in range(10):  # busy: between two requests the read budget is idle for an instant
+                async with gw.read_budget.reserve(10):
+                    await asyncio.sleep(0.02)
+            assert trims == [], "no trim while requests keep coming"
+            await asyncio.sleep(0.3)
+            assert trims == [0], "one trim once reads and writes stayed idle"
+        finally:
+            await test_server.close()
+    run(main())
 
 
 def test_shares_by_size() -> None:
