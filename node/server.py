@@ -224,38 +224,60 @@ async def put_blob(request: web.Request) -> web.Response:
     return _packed({"checksums": row.checksums, "size": row.size})
 
 
-def _open_and_read(node: Node, row: BlobRow, first: int, count: int, last: bool) -> tuple[ShardReader, bytes]:
-    """Open a shard (its size is checked: CorruptShard) and read its first verified blocks, in one disk job;
-    `last`: that is all the request wants, and the file is closed in the same job."""
+@dataclass
+class _ShardRead:
+    """What the first disk job of a GET found: the row (None: not here), and if the range is valid and the
+    shard healthy, the open reader and the first verified blocks."""
+
+    row: BlobRow | None
+    length: int = 0
+    reader: ShardReader | None = None
+    data: bytes = b""
+
+
+def _open_and_read(node: Node, blob: str, shard: int, offset: int, length: int | None) -> _ShardRead:
+    """Look the shard's row up, open the file (its size is checked: CorruptShard) and read the first verified
+    blocks of the range, in one disk job; the file is closed in the same job when that is the whole range."""
+    row = node.store.blob_for_read(blob, shard)
+    if row is None or row.state == "corrupt":
+        return _ShardRead(row)
+    if length is None:
+        length = max(0, row.size - offset)
+    if offset < 0 or length < 0 or offset + length > row.size:
+        return _ShardRead(row, length)
+    bs = row.block_size
+    per_job = max(1, READ_BATCH // bs)
+    first, end = offset // bs, -(-(offset + length) // bs) if length else offset // bs
     reader = node.store.open_shard(row)
-    return reader, reader.read_blocks(first, count, close=last)
+    return _ShardRead(row, length, reader, reader.read_blocks(first, min(per_job, end - first), close=first + per_job >= end))
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     """Stream a byte range of a shard; every block it touches is verified before any of its bytes go out.
 
     Disk work is one job per READ_BATCH (the next batch is read while this one is sent): the first job
-    also opens the file, the last one closes it, so a shard of one batch costs one job.
+    also looks the row up and opens the file, the last one closes it, so a shard of one batch is one job.
     """
     node = request.app[NODE]
     blob, shard = _blob_id(request)
-    row = await node.sql(node.store.blob, blob, shard)
-    if row is None:
-        return _error(404, "not_found", f"blob {blob}.{shard} not here")
-    if row.state == "corrupt":
-        return _error(409, "corrupt", f"blob {blob}.{shard} is quarantined")
     offset = int(request.query.get("offset", "0"))
-    length = int(request.query.get("length", str(max(0, row.size - offset))))
-    if offset < 0 or length < 0 or offset + length > row.size:
-        return _error(416, "bad_range", f"range {offset}+{length} of a {row.size}-byte shard")
-    bs = row.block_size
-    per_job = max(1, READ_BATCH // bs)
-    first, end = offset // bs, -(-(offset + length) // bs) if length else offset // bs
-    opening = node.disk.submit(_open_and_read, node, row, first, min(per_job, end - first), first + per_job >= end)
+    length = int(request.query["length"]) if "length" in request.query else None
+    opening = node.disk.submit(_open_and_read, node, blob, shard, offset, length)
     reader: ShardReader | None = None
     next_read: asyncio.Future[bytes] | None = None
     try:
-        reader, data = await asyncio.wrap_future(opening)  # a bad size or first block is still a clean 409
+        found = await asyncio.wrap_future(opening)  # a bad size or first block is still a clean 409
+        row, reader, data = found.row, found.reader, found.data
+        if row is None:
+            return _error(404, "not_found", f"blob {blob}.{shard} not here")
+        if row.state == "corrupt":
+            return _error(409, "corrupt", f"blob {blob}.{shard} is quarantined")
+        if reader is None:
+            return _error(416, "bad_range", f"range {offset}+{found.length} of a {row.size}-byte shard")
+        length = found.length
+        bs = row.block_size
+        per_job = max(1, READ_BATCH // bs)
+        first, end = offset // bs, -(-(offset + length) // bs) if length else offset // bs
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
         resp.content_length = length
         await resp.prepare(request)
@@ -280,7 +302,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     finally:
-        if reader is None:
+        if not opening.done() or reader is None:
             # Cancelled while the first job ran: the reader it makes (if any) is closed where it is made.
             opening.add_done_callback(_close_opened)
         else:
@@ -290,9 +312,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
                 await asyncio.shield(node.run(reader.close))
 
 
-def _close_opened(done: Future[tuple[ShardReader, bytes]]) -> None:
+def _close_opened(done: Future[_ShardRead]) -> None:
     if not done.cancelled() and done.exception() is None:
-        done.result()[0].close()
+        reader = done.result().reader
+        if reader is not None:
+            reader.close()
 
 
 async def delete_blob(request: web.Request) -> web.Response:

@@ -96,6 +96,7 @@ class Store:
     """All of one node's persistent state.
 
     SQLite is used from one dedicated thread (`sql_executor`): methods marked on_sql_thread hop there.
+    The one exception is `blob_for_read`, a lookup any thread makes on its own read-only connection.
     Every method blocks, so the server calls them through an executor, never on the event loop.
     """
 
@@ -109,6 +110,8 @@ class Store:
         self.fail_after_bytes = fail_after_bytes
         """Fault hook: a shard upload fails with ENOSPC once it would pass this many bytes."""
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []  # blob_for_read's connections, one per thread, closed by close()
+        self._readers_lock = threading.Lock()
         self.sql_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite",
                                                initializer=self._mark_sql_thread)
         self._db: sqlite3.Connection = self.sql_executor.submit(self._open_db).result()
@@ -156,6 +159,10 @@ class Store:
 
         self.sql_executor.submit(shut).result()
         self.sql_executor.shutdown(wait=True)
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for db in readers:
+            db.close()
 
     def sweep_temp_files(self) -> int:
         """Remove temp files a crash left behind (they were never committed)."""
@@ -198,6 +205,24 @@ class Store:
     @on_sql_thread
     def blob(self, blob: str, shard: int) -> BlobRow | None:
         row = self._db.execute("SELECT * FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+        return _blob_row(row) if row else None
+
+    def blob_for_read(self, blob: str, shard: int) -> BlobRow | None:
+        """`blob` on the calling thread's own read-only connection, for shard reads.
+
+        A GET looks its row up in the same disk job that opens and reads the file (no hop to the SQLite
+        thread and back), and never queues behind a write transaction there: WAL readers see every
+        committed row and do not wait for the writer.
+        """
+        db: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if db is None:
+            uri = (self.root / "records.db").resolve().as_uri() + "?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=10000")
+            self._local.reader = db
+            with self._readers_lock:
+                self._readers.append(db)
+        row = db.execute("SELECT * FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
         return _blob_row(row) if row else None
 
     @on_sql_thread

@@ -343,3 +343,19 @@ def test_shard_upload_makes_its_file_in_the_first_job_and_an_abort_stops_later_j
     with pytest.raises(ValueError):
         cut.write([data], finish=True)  # a job that starts after the abort makes nothing
     assert temps() == [] and store.blob("cut", 0) is None
+
+
+def test_blob_for_read_sees_every_committed_row_from_any_thread(store: Store) -> None:
+    """GETs look rows up on their own thread's read-only connection: same rows as the SQLite thread sees."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = random.Random(9).randbytes(2 * BS)
+    with ThreadPoolExecutor(2) as pool:
+        assert pool.submit(store.blob_for_read, "seen", 0).result() is None
+        write_blob(store, "seen", data)
+        rows = [pool.submit(store.blob_for_read, "seen", 0).result() for _ in range(4)]
+        assert all(r == store.blob("seen", 0) for r in rows)
+        with store.open_shard(rows[0]) as r:
+            assert r.read_blocks(0, 2) == data
+        store.quarantine(rows[0], "test")
+        assert pool.submit(store.blob_for_read, "seen", 0).result().state == "corrupt"  # type: ignore[union-attr]
