@@ -141,9 +141,17 @@ class PayloadReader:
 
     async def readany(self) -> bytes:
         """The next decoded piece, at most one batch (BATCH bytes); b"" at EOF, after every check has passed."""
-        if not self._buffer and not self._eof:
-            await self._fill()
-        return self._take(len(self._buffer))
+        if self._buffer or self._eof:
+            return self._take(len(self._buffer))
+        # A batch straight from the socket: joined once (or not at all), never staged in the buffer.
+        batch: list[bytes] | None = []
+        while batch == []:
+            batch = await self._next_batch()
+        if batch is None:
+            return b""
+        out = batch[0] if len(batch) == 1 else b"".join(batch)
+        self.bytes_read += len(out)
+        return out
 
     async def read_all(self, limit: int, error_code: str = "MaxMessageLengthExceeded") -> bytes:
         """The rest of the body, verified; S3Error(error_code) once it exceeds `limit` bytes."""
@@ -172,7 +180,8 @@ class PayloadReader:
         return True
 
     def _take(self, n: int) -> bytes:
-        out = bytes(self._buffer[:n])
+        with memoryview(self._buffer) as view:
+            out = bytes(view[:n])  # one copy (slicing the bytearray would make another)
         del self._buffer[:n]
         self.bytes_read += len(out)
         return out

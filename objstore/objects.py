@@ -217,7 +217,14 @@ class ObjectIO(ObjectReader):
                 live = [i for i in range(ec.width) if alive[i]]
                 if len(live) < ec.k + 1:
                     raise WriteFailed(f"only {len(live)} shard uploads left, need {ec.k + 1}")
-                await asyncio.gather(*(put_or_drop(i, blocks[i]) for i in live))
+                full = []
+                for i in live:
+                    if queues[i].full():
+                        full.append(put_or_drop(i, blocks[i]))
+                    else:
+                        queues[i].put_nowait(blocks[i])  # the usual case: no task and no timer per block
+                if full:
+                    await asyncio.gather(*full)
             for i in range(ec.width):
                 if alive[i]:
                     await queues[i].put(None)
@@ -494,14 +501,16 @@ def _sums_for(bw: BlobWrite, index: int) -> list[int]:
 async def _peek(source: AsyncIterable[bytes], limit: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
     """Read up to `limit` bytes; returns them and the rest of the stream, or None if the source ended first."""
     it = source.__aiter__()
-    buf = bytearray()
-    while len(buf) < limit:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
         try:
             chunk = await it.__anext__()
         except StopAsyncIteration:
-            return bytes(buf), None
-        buf += chunk
-    return bytes(buf), it
+            return b"".join(chunks), None
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), it
 
 
 async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
