@@ -211,7 +211,8 @@ def scale(data: dict[str, Any], out: Path, made: list[str]) -> None:
     growth, points = sc["growth"], sc["points"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     ax = axes[0][0]
-    ax.plot([g["objects"] for g in growth], [g["ops_per_s"] for g in growth], ".-", label="PUT ops/s (x32) while growing")
+    ax.plot([g["objects"] for g in growth], [g["ops_per_s"] for g in growth], ".-",
+            label=f"PUT ops/s (x{sc['plan'].get('fill_concurrency', 32)}) while growing")
     ax.set_xlabel("objects in the bucket")
     ax.set_ylabel("ops/s")
     ax.set_title("4 KiB PUT throughput as the bucket grows")
