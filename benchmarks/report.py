@@ -166,6 +166,8 @@ def _start_compare_systems(work: Path, reporter: Reporter, data: dict[str, Any],
 async def _report(args: argparse.Namespace, out: Path, work: Path, console: Console) -> dict[str, Any]:
     chosen = [p for p in PHASES if p in args.phases]
     plan = plans(args.quick)
+    if args.scale_budget:
+        plan["scale"].budget_s = args.scale_budget
     data: dict[str, Any] = {"mode": "quick" if args.quick else "full", "phases": chosen,
                             "machine": machine_info(work), "notes": [],
                             "plans": {name: plan[name].__dict__ for name in chosen}}
@@ -229,6 +231,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {','.join(PHASES)} (default: all)")
     p.add_argument("--no-swift", action="store_true", help="leave Swift out of the comparison")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="payload and workload seed")
+    p.add_argument("--scale-budget", type=float, metavar="SECONDS",
+                   help="seconds the scale phase may grow the bucket (default: 2400 full, 300 quick)")
     p.add_argument("--workdir", type=Path, help="where the stores keep their data (default: a new temp dir)")
     p.add_argument("--redraw", type=Path, metavar="DIR", help="redraw charts and report.md from DIR/report.json")
     return p
