@@ -611,6 +611,26 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     return app
 
 
+STOP_GRACE = 15.0
+"""Seconds a stopping node may take to finish its requests and close its store before it exits anyway."""
+
+
+def _exit_after(seconds: float, node: Node) -> None:
+    """Exit with the node's exit code if stopping takes longer than `seconds`.
+
+    A stop must end: `objstore dev`, systemd and Kubernetes restart a node only once it has exited, and a
+    node that stopped itself because its data dir was wiped holds nothing worth a longer wait. A thread,
+    not a task: what hangs may be a blocking call on the event loop itself.
+    """
+    def expire() -> None:
+        os.write(2, f"node {node.cfg.id}: stopping took over {seconds:g} s, exiting {node.exit_code}\n".encode())
+        os._exit(node.exit_code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
 def run(cfg: NodeConfig) -> int:
     """Serve the node RPC until SIGTERM or SIGINT (exit code 0) or until the node stops itself (its data dir
     was wiped: EXIT_RESTART), then stop the loops and close the store. Returns the exit code."""
@@ -637,6 +657,7 @@ def run(cfg: NodeConfig) -> int:
                 loop.add_signal_handler(sig, node.stopping.set)
             await node.stopping.wait()
             log.info("node %s stopping", cfg.id)
+            _exit_after(STOP_GRACE, node)
         finally:
             await runner.cleanup()
         return node.exit_code

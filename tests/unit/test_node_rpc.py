@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -547,3 +549,14 @@ async def test_client_gone_mid_blob_is_one_line_and_leaves_no_temp_file(node: Ha
         assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], cut
         assert len(gone()) == 1 and gone()[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
     assert (await node.client.stats(node.info))["blobs"] == 0
+
+
+def test_a_stop_that_hangs_still_exits_with_the_nodes_code() -> None:
+    """Whatever blocks a stopping node (even a call blocking its event loop), it exits within the grace."""
+    script = ("import time, types; from node.server import _exit_after; "
+              "_exit_after(0.3, types.SimpleNamespace(cfg=types.SimpleNamespace(id='n9'), exit_code=75)); "
+              "time.sleep(30)")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=20)
+    assert done.returncode == 75 and time.monotonic() - started < 10
+    assert b"stopping took over 0.3 s, exiting 75" in done.stderr
