@@ -294,6 +294,21 @@ async def test_record_commit_needs_the_blob_with_the_same_checksums(node: Harnes
     assert (e.value.status, e.value.code) == (409, "referenced")
 
 
+def batches_sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bodies of the batched record writes (`POST /records`) the NodeClient sends from now on."""
+    bodies: list[bytes] = []
+    send = NodeClient._unpack
+
+    async def recording(self: NodeClient, n: NodeInfo, method: str, path: str, params: object = None,
+                        data: object = None) -> object:
+        if path == "/records" and isinstance(data, bytes):
+            bodies.append(data)
+        return await send(self, n, method, path, params, data)
+
+    monkeypatch.setattr(NodeClient, "_unpack", recording)
+    return bodies
+
+
 async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_own(node: Harness,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Calls made while a batch is out go together in the next: fewer RPCs and node transactions than
@@ -305,18 +320,10 @@ async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_ow
     short = replace(good[0], key="short", size=99)  # lists parts of fewer bytes than the record says
     older = record("k3", "0000000000000000aa", [inline_part(b"old")])
     await node.client.put_record(node.info, older)
-    rpcs: list[int] = []
-    send = NodeClient._unpack
-
-    async def counting(self: NodeClient, n: NodeInfo, method: str, path: str, params: object = None,
-                       data: object = None) -> object:
-        if path == "/records":
-            rpcs.append(len(msgpack.unpackb(data)))
-        return await send(self, n, method, path, params, data)
-
-    monkeypatch.setattr(NodeClient, "_unpack", counting)
+    bodies = batches_sent(monkeypatch)
     calls = [*good[:20], missing, *good[20:], short]
     results = await asyncio.gather(*(node.client.put_record(node.info, r) for r in calls), return_exceptions=True)
+    rpcs = [len(msgpack.unpackb(b)) for b in bodies]
     assert sum(rpcs) == len(calls) and len(rpcs) < len(calls) // 4, rpcs
     by_key = dict(zip([r.key for r in calls], results, strict=True))
     assert isinstance(by_key["m"], NodeError) and (by_key["m"].status, by_key["m"].code) == (409, "blob_missing")
@@ -333,17 +340,10 @@ async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_ow
 
 async def test_a_batch_closes_at_its_byte_limit(node: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(objstore.client, "MAX_BATCH_BYTES", 1000)
-    sizes: list[int] = []
-    send = NodeClient._unpack
-
-    async def counting(self: NodeClient, n: NodeInfo, method: str, path: str, params: object = None,
-                       data: object = None) -> object:
-        sizes.append(len(data) if isinstance(data, bytes) else 0)
-        return await send(self, n, method, path, params, data)
-
-    monkeypatch.setattr(NodeClient, "_unpack", counting)
+    bodies = batches_sent(monkeypatch)
     recs = [record(f"big{i}", "0000000000000001aa", [inline_part(payload(400, i))]) for i in range(12)]
     await asyncio.gather(*(node.client.put_record(node.info, r) for r in recs))
+    sizes = [len(b) for b in bodies]
     assert len(sizes) >= 12 * 400 // 1500 and max(sizes) < 1000 + 2 * 600, sizes
     assert all(await asyncio.gather(*(node.client.get_record(node.info, "b", r.key) for r in recs)))
 
