@@ -88,6 +88,18 @@ def on_sql_thread(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenat
     return wrapper
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _term(bucket: str, key: str, version: str, deleted: bool) -> int:
+    """One healthy version's term in its partition's digest."""
+    return xxhash.xxh3_64_intdigest(msgpack.packb((bucket, key, version, deleted)))
+
+
+def _digest(kept: list[int]) -> tuple[str, int, int]:
+    return f"{kept[0]:016x}", kept[1], kept[2]
+
+
 def _blob_row(r: tuple[Any, ...]) -> BlobRow:
     return BlobRow(r[0], r[1], r[2], r[3], r[4], r[5], list(msgpack.unpackb(r[6])), r[7], r[8])
 
@@ -116,11 +128,14 @@ class Store:
                                                initializer=self._mark_sql_thread)
         self._db: sqlite3.Connection = self.sql_executor.submit(self._open_db).result()
         self._unreadable: set[tuple[str, str, str, int]] = set()
-        # Repair asks every node for the digest of every partition on every pass: at 25 records a
-        # partition that is 4096 record unpacks per node per pass, idle or not. So both the digests and
-        # the set of partitions held are kept here (SQL thread only), and each write to a record or a
-        # blob row drops what it may change (`_changed`); a cached digest is one computed since then.
-        self._digests: dict[int, tuple[str, int]] = {}
+        # Repair asks every node for the digest of every partition on every pass. Recomputing a partition
+        # reads all its records, so under steady writes (every partition changes between two passes) a
+        # pass would cost the whole bucket. So both the digests and the set of partitions held are kept
+        # here (SQL thread only), and a digest follows its partition by parts: a digest is a sum of one
+        # term per healthy version, and each write to a record or a blob row first notes the terms of the
+        # versions it may change (`_version_changing`); the next ask recomputes just those (`_settle`).
+        self._digests: dict[int, list[int]] = {}  # partition -> [sum of terms mod 2^64, count, bytes]
+        self._before: dict[int, dict[tuple[str, str, str], tuple[int, int, int]]] = {}  # noted terms
         self._held: set[int] | None = None
         self.corrupt_found = self._counter("corrupt_found")
         self.swept = self.sweep_temp_files()
@@ -196,7 +211,7 @@ class Store:
         if self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
                             (row.blob, row.shard)).fetchone():
             row.state = "committed"
-        self._blob_changed(row.blob, row.shard, row.partition)  # a record's shard may be back, or moved
+        self._blob_changing(row.blob, row.shard)  # a record's shard may be back, or moved
         self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
                          (row.blob, row.shard, row.partition, row.path, row.size, row.block_size,
                           msgpack.packb(row.checksums), row.state, row.created))
@@ -251,10 +266,10 @@ class Store:
 
     @on_sql_thread
     def _mark_corrupt(self, blob: str, shard: int) -> None:
+        self._blob_changing(blob, shard)
         marked = self._db.execute("UPDATE blobs SET state='corrupt' WHERE blob=? AND shard=? AND state!='corrupt' "
                                   "RETURNING partition", (blob, shard)).fetchall()
         if marked:
-            self._changed(*(p for (p,) in marked))
             self._bump("corrupt_found")
 
     def delete_blob(self, blob: str, shard: int, force: bool = False) -> bool:
@@ -273,7 +288,7 @@ class Store:
         if not force and self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1",
                                           (blob, shard)).fetchone():
             raise BlobReferenced(f"blob {blob}.{shard} is referenced by a record")
-        self._changed(row[1])
+        self._blob_changing(blob, shard)
         self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
         return str(row[0])
 
@@ -310,8 +325,7 @@ class Store:
                 return None
         except FileNotFoundError:
             pass
-        self._changed(row[1])
-        db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
+        db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))  # no record names it: no digest changes
         return str(row[0])
 
     # -- object records -------------------------------------------------------------------------
@@ -391,7 +405,7 @@ class Store:
         old = {b for (b,) in db.execute("SELECT blob FROM blob_refs WHERE bucket=? AND key=? AND version=? "
                                         "AND shard=?", (*ident, rec.shard))}
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
-        self._changed(partition)
+        self._version_changing(partition, *ident)
         db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
                    (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
                     rec.etag, rec.created, rec.pack()))
@@ -408,8 +422,7 @@ class Store:
             if self._db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1", (blob, shard)).fetchone():
                 continue
             row = self._db.execute("SELECT path, partition FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
-            if row is not None:
-                self._changed(row[1])
+            if row is not None:  # no record names it: no digest changes
                 self._db.execute("DELETE FROM blobs WHERE blob=? AND shard=?", (blob, shard))
                 paths.append(str(row[0]))
         return paths
@@ -469,7 +482,7 @@ class Store:
                 refs = db.execute("SELECT blob, shard FROM blob_refs WHERE bucket=? AND key=? AND version=?",
                                   (bucket, key, version)).fetchall()
                 partition = partition_of(bucket, key, self.partition_bits)
-                self._changed(partition)
+                self._version_changing(partition, bucket, key, version)
                 n = db.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version=?",
                                (bucket, key, version)).rowcount
                 db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=?", (bucket, key, version))
@@ -544,63 +557,119 @@ class Store:
 
     @on_sql_thread
     def partition_digest(self, partition: int) -> tuple[str, int, int]:
-        """xxh3 over the sorted (bucket, key, version, deleted) of the healthy records, their count, and the
-        sum of their object sizes (what a repair pass reports as bytes scanned).
+        """The partition's healthy versions summed up: a 64-bit sum of one xxh3 term per healthy version
+        (of its bucket, key, version and deleted flag), their count, and the sum of their object sizes
+        (what a repair pass reports as bytes scanned).
 
         Shard indexes are left out on purpose: owners hold different indexes of the same versions,
-        so equal digests mean the owners agree on which versions they hold intact. Kept until a record
-        or blob row of the partition changes: an unchanged partition costs a dict lookup.
+        so equal digests mean the owners agree on which versions they hold intact. A sum does not
+        depend on the order of its terms, so a write changes it by the terms of the versions it
+        touched: after the first ask, a digest costs the versions written since the last one.
         """
-        cached = self._digests.get(partition)
-        if cached is None:
-            cached = self._digests[partition] = self.fresh_digest(partition)
-        return cached
+        kept = self._digests.get(partition)
+        if kept is None:
+            kept = self._digests[partition] = self._fresh_sum(partition)
+        else:
+            self._settle(partition, kept)
+        return _digest(kept)
+
+    PENDING_MAX = 4096
+    """Versions noted as changing in one partition past which its kept digest is dropped (recomputed
+    whole on the next ask): a partition rewritten wholesale reads no faster term by term."""
+
+    def _version_changing(self, partition: int, bucket: str, key: str, version: str) -> None:
+        """Note a version's term before its records change, if its partition's digest is kept (SQL thread)."""
+        if partition not in self._digests:
+            return
+        noted = self._before.setdefault(partition, {})
+        ident = (bucket, key, version)
+        if ident in noted:
+            return
+        if len(noted) >= self.PENDING_MAX:
+            self._changed(partition)
+        else:
+            noted[ident] = self._term(partition, bucket, key, version)
+
+    def _blob_changing(self, blob: str, shard: int) -> None:
+        """Note the terms of the versions whose records name a blob row about to change (SQL thread)."""
+        for b, k, v in self._db.execute("SELECT bucket, key, version FROM blob_refs WHERE blob=? AND shard=?",
+                                        (blob, shard)).fetchall():
+            self._version_changing(partition_of(b, k, self.partition_bits), b, k, v)
 
     def _changed(self, *partitions: int) -> None:
-        """Forget the digests of partitions whose records or blob rows are about to change (SQL thread)."""
+        """Drop the kept digests of partitions changed in ways not noted term by term (SQL thread)."""
         for p in partitions:
             self._digests.pop(p, None)
+            self._before.pop(p, None)
 
-    def _blob_changed(self, blob: str, shard: int, partition: int) -> None:
-        """A blob row is written: its partition changes, and the one of the row it replaces."""
-        old = self._db.execute("SELECT partition FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
-        self._changed(partition, *(old or ()))
+    def _settle(self, partition: int, kept: list[int]) -> None:
+        """Replace the noted terms of a kept digest with the terms of those versions now (SQL thread)."""
+        noted = self._before.pop(partition, None)
+        for (b, k, v), (h0, n0, s0) in (noted or {}).items():
+            h1, n1, s1 = self._term(partition, b, k, v)
+            kept[0] = (kept[0] + h1 - h0) & _MASK64
+            kept[1] += n1 - n0
+            kept[2] += s1 - s0
+
+    def _term(self, partition: int, bucket: str, key: str, version: str) -> tuple[int, int, int]:
+        """A version's part of its partition's digest: (xxh3 term, 1, size) if this node holds any healthy
+        record of it, else zeros. The same rule as `_summaries`, for one version (SQL thread)."""
+        rows = self._db.execute("SELECT shard, deleted, record FROM objects WHERE bucket=? AND key=? AND version=? "
+                                "AND partition=? ORDER BY shard", (bucket, key, version, partition)).fetchall()
+        for shard, deleted, packed in rows:
+            recs = self._readable([(bucket, key, version, shard, packed)])
+            if recs and all(p.inline is not None or (p.present and self._blob_healthy(p.blob, shard, partition))
+                            for p in recs[0].parts):
+                return _term(bucket, key, version, bool(deleted)), 1, recs[0].size
+        return 0, 0, 0
+
+    def _blob_healthy(self, blob: str, shard: int, partition: int) -> bool:
+        row = self._db.execute("SELECT state FROM blobs WHERE blob=? AND shard=? AND partition=?",
+                               (blob, shard, partition)).fetchone()
+        return row is not None and row[0] != "corrupt"
 
     @on_sql_thread
     def scrub_records(self, partition: int) -> bool:
         """Read a partition's records again: True if its kept digest was not theirs any more.
 
         Damage in records.db (bit rot, a hand edit) changes no row through this store, so no kept digest
-        drops for it: scrub finds it here, as it finds damaged shards, and repair rewrites the record.
+        follows it: scrub finds it here, as it finds damaged shards, and repair rewrites the record.
         """
-        fresh = self.fresh_digest(partition)
-        stale = self._digests.get(partition, fresh) != fresh
+        fresh = self._fresh_sum(partition)
+        kept = self._digests.get(partition)
+        if kept is not None:
+            self._settle(partition, kept)
+        self._before.pop(partition, None)
         self._digests[partition] = fresh
-        return stale
+        return kept is not None and kept != fresh
 
-    EMPTY_DIGEST = (xxhash.xxh3_64().hexdigest(), 0, 0)
+    EMPTY_DIGEST = (f"{0:016x}", 0, 0)
     """The digest of a partition without records (one with none healthy has it too)."""
 
     @on_sql_thread
     def fresh_digest(self, partition: int) -> tuple[str, int, int]:
-        """partition_digest computed from the rows, cache left alone."""
-        h = xxhash.xxh3_64()
-        n = size = 0
+        """partition_digest computed from the rows, kept digest left alone."""
+        return _digest(self._fresh_sum(partition))
+
+    def _fresh_sum(self, partition: int) -> list[int]:
+        total = n = size = 0
         last = None
         for b, k, v, _, d, healthy, nbytes in self._summaries(partition):
             if not healthy or (b, k, v) == last:
                 continue
             last = (b, k, v)
-            h.update(msgpack.packb((b, k, v, d)))
+            total += _term(b, k, v, d)
             n += 1
             size += nbytes
-        return h.hexdigest(), n, size
+        return [total & _MASK64, n, size]
 
     @on_sql_thread
     def kept_digests(self) -> tuple[dict[int, tuple[str, int, int]], list[int]]:
-        """The digests kept of the partitions held, and the held partitions whose digest is not kept."""
+        """The digests kept of the partitions held and unchanged since last asked, and the other held
+        partitions (each then asked alone, so writes go on between them)."""
         held = self.partitions_held()
-        return {p: self._digests[p] for p in held if p in self._digests}, [p for p in held if p not in self._digests]
+        kept = {p: _digest(self._digests[p]) for p in held if p in self._digests and not self._before.get(p)}
+        return kept, [p for p in held if p not in kept]
 
     @on_sql_thread
     def partitions_held(self) -> list[int]:

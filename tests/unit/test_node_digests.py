@@ -156,14 +156,63 @@ def test_an_unchanged_partition_is_not_read_again(store: Store, monkeypatch: pyt
     p = partition_of("bk", "a", BITS)
     first = store.partition_digest(p)
     calls: list[int] = []
-    fresh = store.fresh_digest
-    monkeypatch.setattr(store, "fresh_digest", lambda q: calls.append(q) or fresh(q))
+    fresh = store._fresh_sum
+    monkeypatch.setattr(store, "_fresh_sum", lambda q: calls.append(q) or fresh(q))
     assert [store.partition_digest(p) for _ in range(3)] == [first] * 3 and calls == []
     other = next(k for k in KEYS if partition_of("bk", k, BITS) != p)
     store.put_record(record(other, "v1", 0, "inline"))  # another partition: this one stays kept
     assert store.partition_digest(p) == first and calls == []
-    store.put_record(record("a", "v2", 0, "inline"))
-    assert store.partition_digest(p) != first and calls == [p]
+
+
+def test_a_write_costs_the_digest_the_versions_it_touched_not_the_partition(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under steady writes every partition changes between two repair passes: asking its digest must
+    not read every record of it again, or a pass costs the whole bucket."""
+    p = partition_of("bk", "a", BITS)
+    keys = [k for k in KEYS if partition_of("bk", k, BITS) == p]
+    for i in range(50):
+        store.put_record(record(keys[0], f"v{i:03d}", 0, "inline"))
+    store.partition_digest(p)
+    whole: list[int] = []
+    terms: list[tuple[str, str, str]] = []
+    fresh, term = store._fresh_sum, store._term
+    monkeypatch.setattr(store, "_fresh_sum", lambda q: whole.append(q) or fresh(q))
+    monkeypatch.setattr(store, "_term", lambda q, b, k, v: terms.append((b, k, v)) or term(q, b, k, v))
+    store.put_record(record(keys[-1], "w1", 0, "inline"))
+    store.put_record(record(keys[-1], "w1", 1, "inline"))  # a second shard of the same version
+    store.delete_record("bk", keys[0], "v007")
+    got = store.partition_digest(p)
+    assert whole == [] and sorted(set(terms)) == [("bk", keys[0], "v007"), ("bk", keys[-1], "w1")]
+    assert len(terms) == 4  # each version read once before its first change and once when asked
+    assert got == store.fresh_digest(p) and got[1] == 50
+
+
+def test_a_partition_changed_wholesale_is_read_again_whole(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Store, "PENDING_MAX", 3)
+    p = partition_of("bk", "a", BITS)
+    store.put_record(record("a", "v0", 0, "inline"))
+    store.partition_digest(p)
+    for i in range(5):
+        store.put_record(record("a", f"v{i + 1}", 0, "inline"))
+    assert store.sql_executor.submit(lambda: p not in store._digests).result()
+    assert store.partition_digest(p) == store.fresh_digest(p) and store.partition_digest(p)[1] == 6
+
+
+def test_the_digest_does_not_depend_on_the_order_records_came_in(tmp_path: Path) -> None:
+    """Owners that got the same versions in another order (repair, handoffs) agree on the digest."""
+    one = Store(tmp_path / "one", partition_bits=BITS, fsync=False)
+    two = Store(tmp_path / "two", partition_bits=BITS, fsync=False)
+    try:
+        recs = [record(k, v, 0, "inline") for k in KEYS for v in ("v1", "v2")]
+        for r in recs:
+            one.put_record(r)
+        for r in reversed(recs):
+            two.put_record(r)
+        for p in range(2 ** BITS):
+            assert one.partition_digest(p) == two.partition_digest(p)
+    finally:
+        one.close()
+        two.close()
 
 
 def test_quarantine_of_a_shard_changes_the_digest_of_its_partition(store: Store) -> None:
