@@ -214,9 +214,11 @@ def _scale(sc: dict[str, Any]) -> str:
         rows.append([f"{p['objects']:,}"] + [
             f"{_num(cells[key]['ops_per_s'])} / {_num(cells[key]['latency_ms']['p99'], 1)}"
             for key in (("put", 8), ("get", 8), ("head", 8), ("list", 1), ("list", 8))] + [
-            f"{_num(cells[('list', 1)]['latency_ms']['p50'], 1)}", _mib(gw), _mib(nodes)])
+            f"{_num(cells[('list', 1)]['latency_ms']['p50'], 1)}", _mib(gw), _mib(nodes),
+            f"{p['disk']['all_allocated'] / p['objects'] / 1024:,.1f}" if p.get("disk") else "-"])
     out.append(_table(["objects", "PUT x8 ops/s / p99 ms", "GET x8", "HEAD x8", "LIST x1 pages/s / p99", "LIST x8",
-                       "LIST page p50 ms", "gateway RSS MiB", "nodes RSS MiB (sum of 6)"], rows))
+                       "LIST page p50 ms", "gateway RSS MiB", "nodes RSS MiB (sum of 6)",
+                       "disk KiB per object (6 nodes, allocated)"], rows))
     reached = sc["reached"]
     proj = sc.get("projected_1m_s")
     out.append(f"Reached **{reached:,} objects** in {sc['elapsed_s']:,.0f} s of growth. "
@@ -224,7 +226,7 @@ def _scale(sc: dict[str, Any]) -> str:
                + (f"At the last measured rate ({sc['recent_put_rate']:,.0f} PUT/s at concurrency "
                   f"{sc['plan']['fill_concurrency']}) 1,000,000 objects would take about {proj / 3600:.1f} h from empty "
                   f"({sc['projected_1m_remaining_s'] / 3600:.1f} h more from here): not run on this machine."
-                  if proj else "") + "\n")
+                  if proj and reached < 1_000_000 else "") + "\n")
     return "\n".join(out)
 
 

@@ -88,6 +88,8 @@ async def run_scale(system: System, plan: ScalePlan, payloads: PayloadStream, re
         if stopped:
             break
         point: dict[str, Any] = {"objects": len(keys), "rss": rss_by_role(system), "cells": []}
+        if system.cluster is not None:
+            point["disk"] = await asyncio.to_thread(_node_disk, system)
         for workload, concurrency in (("get", 8), ("head", 8), ("list", 1), ("list", 8), ("put", 8)):
             result, samples = await measure(system, payloads, keys, workload, concurrency, max_ops=50_000,
                                             max_seconds=plan.seconds)
