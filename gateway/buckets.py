@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from gateway.errors import S3Error
 NS = BUCKETS
 CACHE_TTL = 2.0
 """Seconds a gateway trusts its cached copy of a bucket record (creation and deletion update it at once)."""
+REFRESH_AFTER = CACHE_TTL / 2
+"""Age at which a lookup still answers from the cache but reads the record again in the background."""
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
@@ -65,7 +68,8 @@ class Buckets:
     def __init__(self, view: ClusterView, kv: ReplicatedKV) -> None:
         self.view = view
         self.kv = kv
-        self._cache: dict[str, tuple[float, KVRecord | None]] = {}
+        self._cache: dict[str, tuple[float, KVRecord | None]] = {}  # name -> (when read, record)
+        self._reads: dict[str, asyncio.Future[KVRecord | None]] = {}  # name -> the read in flight
 
     def _nodes(self) -> list[NodeInfo]:
         return self.view.by_availability(self.view.all_nodes())
@@ -83,13 +87,40 @@ class Buckets:
             raise S3Error("ServiceUnavailable", f"bucket metadata not written: {e}") from None
         self._cache[rec.name] = (time.monotonic(), rec)
 
+    def _refresh(self, name: str) -> asyncio.Future[KVRecord | None]:
+        """The read of a bucket record in flight, started if none is: every request of a bucket whose
+        cached copy expired waits for one read (a majority of nodes), not one read each."""
+        fut = self._reads.get(name)
+        if fut is not None:
+            return fut
+
+        async def read() -> KVRecord | None:
+            started = time.monotonic()
+            rec = await self._read(name)
+            cached = self._cache.get(name)
+            if cached is None or cached[0] <= started:  # a write during the read has the newer copy
+                self._cache[name] = (started, rec)
+            return rec
+
+        def done(f: asyncio.Future[KVRecord | None]) -> None:
+            if self._reads.get(name) is f:
+                del self._reads[name]
+            if not f.cancelled():
+                f.exception()  # a refresh nobody waits for fails quietly; the next lookup reads again
+
+        fut = self._reads[name] = asyncio.ensure_future(read())
+        fut.add_done_callback(done)
+        return fut
+
     async def lookup(self, name: str) -> Bucket | None:
         cached = self._cache.get(name)
-        if cached and time.monotonic() - cached[0] < CACHE_TTL:
-            rec = cached[1]
+        age = time.monotonic() - cached[0] if cached else CACHE_TTL
+        if age < CACHE_TTL:
+            rec = cached[1] if cached else None
+            if age >= REFRESH_AFTER:
+                self._refresh(name)  # read ahead, so a busy bucket's requests never wait for it
         else:
-            rec = await self._read(name)
-            self._cache[name] = (time.monotonic(), rec)
+            rec = await asyncio.shield(self._refresh(name))
         if rec is None or rec.deleted:
             return None
         return Bucket.from_record(rec)
