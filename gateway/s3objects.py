@@ -45,13 +45,17 @@ async def resolve_version(gw: Gateway, bucket: Bucket, key: str, version_id: str
     return version_id
 
 
-async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None = None) -> ObjectVersion:
-    """The version a read names: the newest, or the one asked for; errors as S3 gives them."""
+async def _current(gw: Gateway, bucket: Bucket, key: str, version_id: str | None = None,
+                   prefetch: bool = False) -> ObjectVersion:
+    """The version a read names: the newest, or the one asked for; errors as S3 gives them.
+
+    `prefetch`: its bytes will be read, so small enough shards come with the records (`ObjectReader.find`).
+    """
     ring = gw.view.ring(bucket.pool)
     version = await resolve_version(gw, bucket, key, version_id)
     if version == "":
         raise S3Error("NoSuchVersion", extra={"Key": key, "VersionId": version_id or ""})
-    obj = await gw.io.find(ring, bucket.name, key, version)
+    obj = await gw.io.find(ring, bucket.name, key, version, prefetch=prefetch)
     if obj is None:
         if version is not None:
             raise S3Error("NoSuchVersion", extra={"Key": key, "VersionId": version_id or ""})
@@ -183,7 +187,7 @@ def _part_range(rec: ObjectRecord, number: str) -> tuple[int, int]:
 
 async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.StreamResponse:
     bucket = await gw.buckets.get(req.bucket, req.user.access_key)
-    obj = await _current(gw, bucket, req.key, req.query.get("versionId"))
+    obj = await _current(gw, bucket, req.key, req.query.get("versionId"), prefetch=not head)
     rec = obj.record
     check_conditions(req.headers, rec)
     # The stored checksum covers the whole object: S3 sends it only with whole-object answers.

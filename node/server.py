@@ -408,14 +408,56 @@ async def delete_records(request: web.Request) -> web.Response:
 
 
 async def get_records(request: web.Request) -> web.Response:
-    """Several /record lookups ([bucket, key, version or None] each) in one call and one SQLite job."""
+    """Several /record lookups ([bucket, key, version or None] each) in one call and one SQLite job.
+
+    With `shard_max=N` each answer is {"records", "shards"}: beside each record, the verified bytes of its
+    shard when the record has one blob part whose shard file holds at most N bytes (else nil), so a reader
+    of a medium object needs no second call per holder. The shards are read in one disk job after the
+    lookup; a damaged one is quarantined (as a shard GET would) and answered nil.
+    """
     node = request.app[NODE]
     calls = [(str(b), str(k), None if v is None else str(v)) for b, k, v in await _batch(request)]
+    shard_max = int(request.query.get("shard_max", "0"))
 
-    def lookup() -> list[list[bytes]]:
-        return [[r.pack() for r in node.store.get_record(*call)] for call in calls]
+    def lookup() -> list[list[ObjectRecord]]:
+        return [node.store.get_record(*call) for call in calls]
 
-    return _packed([_answer(packed) for packed in await node.sql(lookup)])
+    found = await node.sql(lookup)
+    if shard_max <= 0:
+        return _packed([_answer([r.pack() for r in recs]) for recs in found])
+    shards = await node.run(_small_shards, node, found, shard_max)
+    return _packed([_answer({"records": [r.pack() for r in recs], "shards": data})
+                    for recs, data in zip(found, shards, strict=True)])
+
+
+SHARDS_PER_ANSWER = 16 << 20
+"""Shard bytes one batched record lookup carries at most; records past it are answered without (the reader
+opens a shard stream instead)."""
+
+
+def _small_shards(node: Node, found: list[list[ObjectRecord]], shard_max: int) -> list[list[bytes | None]]:
+    """The verified bytes of each record's shard if it has one blob part of at most `shard_max` bytes (a disk job)."""
+    budget = SHARDS_PER_ANSWER
+    out: list[list[bytes | None]] = []
+    for recs in found:
+        datas: list[bytes | None] = []
+        for rec in recs:
+            data = None
+            part = rec.parts[0] if len(rec.parts) == 1 and not rec.deleted else None
+            if part is not None and part.inline is None and part.present and budget > 0:
+                row = node.store.blob_for_read(part.blob, rec.shard)
+                if row is not None and row.state != "corrupt" and row.size <= min(shard_max, budget):
+                    try:
+                        data = node.store.open_shard(row).read_blocks(0, row.blocks, close=True)
+                    except CorruptShard as e:  # quarantined by the reader; the gateway reads another holder
+                        log.warning("%s", e, extra={"blob": e.row.blob, "shard": e.row.shard})
+                    except OSError as e:
+                        log.warning("reading shard %s.%d: %s", part.blob, rec.shard, e)
+                    if data is not None:
+                        budget -= len(data)
+            datas.append(data)
+        out.append(datas)
+    return out
 
 
 async def get_versions(request: web.Request) -> web.Response:

@@ -307,6 +307,21 @@ class NodeClient:
         packed = await self._coalescer(node, "/records/get").call([bucket, key, version])
         return [ObjectRecord.unpack(p) for p in packed]
 
+    async def get_record_and_shards(self, node: NodeInfo, bucket: str, key: str, version: str | None,
+                                    shard_max: int) -> list[tuple[ObjectRecord, bytes | None]]:
+        """As `get_record`, each record with its shard's bytes when the node holds them in a file of at most
+        `shard_max` bytes (verified by the node; the caller still checks them against the record's checksums).
+
+        A node that predates it answers the records alone (every shard None).
+        """
+        answer = await self._coalescer(node, f"/records/get?shard_max={int(shard_max)}").call([bucket, key, version])
+        if isinstance(answer, dict):
+            packed, shards = answer["records"], answer["shards"]
+        else:
+            packed, shards = answer, [None] * len(answer)
+        return [(ObjectRecord.unpack(p), s if isinstance(s, bytes) else None)
+                for p, s in zip(packed, shards, strict=True)]
+
     async def get_versions(self, node: NodeInfo, bucket: str, key: str) -> list[ObjectRecord]:
         packed = await self._unpack(node, "GET", "/versions", {"bucket": bucket, "key": key})
         return [ObjectRecord.unpack(p) for p in packed]

@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from node.server import NODE, build_app
 from node.store import Store
-from objstore.client import NodeClient
+from objstore.client import BlobReader, NodeClient
 from objstore.cluster import ClusterMap, ECProfile, NodeInfo
 from objstore.config import NodeConfig
 from objstore.objects import Committed, ObjectIO
@@ -35,8 +36,9 @@ BUCKET = "b"
 class CountingClient(NodeClient):
     """A NodeClient that counts its calls by "METHOD /path" and node, and can make a node answer late.
 
-    Record reads and writes count as the single RPCs they stand for ("GET /record", "PUT /record"),
-    whatever batch they travelled in.
+    Record reads and writes count as the single RPCs they stand for ("GET /record", "PUT /record"; a record
+    read that brings small shards along is "GET /record+shards"), whatever batch they travelled in. Shard
+    streams opened count as "GET /blob".
     """
 
     def __init__(self, secret: str) -> None:
@@ -47,7 +49,7 @@ class CountingClient(NodeClient):
 
     async def _call(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
                     data: Any = None, ok404: bool = False) -> bytes | None:
-        if path not in BATCHED:
+        if path.partition("?")[0] not in BATCHED:
             await self._count(node, f"{method} {path}")
         return await super()._call(node, method, path, params, data, ok404)
 
@@ -64,6 +66,17 @@ class CountingClient(NodeClient):
     async def get_record(self, node: NodeInfo, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         await self._count(node, "GET /record")
         return await super().get_record(node, bucket, key, version)
+
+    async def get_record_and_shards(self, node: NodeInfo, bucket: str, key: str, version: str | None,
+                                    shard_max: int) -> list[tuple[ObjectRecord, bytes | None]]:
+        await self._count(node, "GET /record+shards")
+        return await super().get_record_and_shards(node, bucket, key, version, shard_max)
+
+    def open_blob(self, node: NodeInfo, blob: str, shard: int, offset: int = 0,
+                  length: int | None = None) -> AbstractAsyncContextManager[BlobReader]:
+        self.calls["GET /blob"] += 1
+        self.by_node[(node.id, "GET /blob")] += 1
+        return super().open_blob(node, blob, shard, offset, length)
 
     async def delete_record(self, node: NodeInfo, bucket: str, key: str, version: str) -> None:
         await self._count(node, "DELETE /record")
@@ -151,8 +164,8 @@ async def put(c: MiniCluster, key: str, data: bytes, version: str | None = None)
     return await c.io.commit(ring, partition, template, [(template.parts[0], blob)])
 
 
-async def read(c: MiniCluster, key: str) -> bytes | None:
-    obj = await c.io.find(c.ring, BUCKET, key)
+async def read(c: MiniCluster, key: str, prefetch: bool = False) -> bytes | None:
+    obj = await c.io.find(c.ring, BUCKET, key, prefetch=prefetch)
     if obj is None or obj.deleted:
         return None
     return b"".join([chunk async for chunk in c.io.read(obj)])

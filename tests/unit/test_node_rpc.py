@@ -294,6 +294,28 @@ async def test_record_commit_needs_the_blob_with_the_same_checksums(node: Harnes
     assert (e.value.status, e.value.code) == (409, "referenced")
 
 
+async def test_a_record_lookup_can_bring_its_small_shard(node: Harness) -> None:
+    data = payload(3 * BS + 100)
+    await node.client.put_blob(node.info, "medium", 2, 3, BS, chunks(data))
+    rec = record("k", "0000000000000001aa", [PartRef(1, len(data), "etag", "medium", checksums=sums(data))], shard=2)
+    await node.client.put_record(node.info, rec)
+    await node.client.put_record(node.info, record("tiny", "0000000000000001ab", [inline_part()]))
+    assert await node.client.get_record_and_shards(node.info, "b", "k", None, 1 << 20) == [(rec, data)]
+    assert await node.client.get_record_and_shards(node.info, "b", "k", None, len(data) - 1) == [(rec, None)]
+    assert [d for _, d in await node.client.get_record_and_shards(node.info, "b", "tiny", None, 1 << 20)] == [None]
+    assert await node.client.get_record_and_shards(node.info, "b", "nothing", None, 1 << 20) == []
+    assert await node.client.get_record(node.info, "b", "k") == [rec]  # the plain lookup answers as before
+    path = shard_path(node, "medium", 2)
+    raw = bytearray(path.read_bytes())
+    raw[2 * BS + 5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert await node.client.get_record_and_shards(node.info, "b", "k", None, 1 << 20) == [(rec, None)]
+    assert not path.exists() and path.with_name(path.name + ".corrupted").exists()
+    assert (await node.client.stats(node.info))["corrupt_found"] == 1
+    with pytest.raises(ShardCorrupt):
+        await read_all(node, "medium", 2)
+
+
 def batches_sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The bodies of the batched record writes (`POST /records`) the NodeClient sends from now on."""
     bodies: list[bytes] = []

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 import node.server
+import objstore.reader
 from objstore.cluster import NodeInfo
+from objstore.records import ObjectRecord
 from objstore.versions import new_version
-from tests.unit.objects_harness import BUCKET, MiniCluster, payload, put, read, start_cluster
+from tests.unit.objects_harness import BUCKET, CountingClient, MiniCluster, payload, put, read, start_cluster
 
 SMALL = 5000  # inline: the shards travel in the records
 LARGE = 300_000  # shards in blob files
@@ -147,6 +149,67 @@ async def test_a_lagging_owner_is_hedged(cluster: MiniCluster) -> None:
     assert cluster.client.count("GET /record") == 6  # the laggard's peers were asked after the hedge delay
 
 
+async def test_a_get_brings_small_blob_shards_with_the_records(cluster: MiniCluster) -> None:
+    """One call per holder: the k owners asked send their shards beside the records, no shard stream is opened."""
+    data = payload(LARGE, 6)
+    await put(cluster, "med", data)
+    cluster.client.calls.clear()
+    obj = await cluster.io.find(cluster.ring, BUCKET, "med", prefetch=True)
+    assert obj is not None and len(obj.shards) == 4
+    assert b"".join([c async for c in cluster.io.read(obj)]) == data
+    assert b"".join([c async for c in cluster.io.read(obj, 70_001, 100_000)]) == data[70_001:170_001]
+    assert dict(cluster.client.calls) == {"GET /record+shards": 4}
+
+
+async def test_a_head_or_a_large_shard_reads_as_before(cluster: MiniCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = payload(LARGE, 7)
+    await put(cluster, "big", data)
+    cluster.client.calls.clear()
+    assert await read(cluster, "big") == data  # no prefetch asked (a HEAD, repair)
+    assert dict(cluster.client.calls) == {"GET /record": 4, "GET /blob": 4}
+    monkeypatch.setattr(objstore.reader, "PREFETCH_SHARD_MAX", LARGE // 8)  # shards of LARGE/4 are over it
+    cluster.client.calls.clear()
+    assert await read(cluster, "big", prefetch=True) == data
+    assert dict(cluster.client.calls) == {"GET /record+shards": 4, "GET /blob": 4}
+    monkeypatch.setattr(node.server, "SHARDS_PER_ANSWER", 0)  # a node that sends no shard bytes at all
+    monkeypatch.setattr(objstore.reader, "PREFETCH_SHARD_MAX", 1 << 20)
+    cluster.client.calls.clear()
+    assert await read(cluster, "big", prefetch=True) == data
+    assert dict(cluster.client.calls) == {"GET /record+shards": 4, "GET /blob": 4}
+
+
+async def test_a_damaged_shard_is_not_sent_with_the_record_and_the_read_goes_on(cluster: MiniCluster) -> None:
+    data = payload(LARGE, 8)
+    await put(cluster, "rot", data)
+    first = cluster.owners("rot")[0]
+    store = cluster.store(first.id)
+    rec = store.get_record(BUCKET, "rot")[0]
+    path = store.root / store.blob_for_read(rec.parts[0].blob, rec.shard).path
+    raw = bytearray(path.read_bytes())
+    raw[5000] ^= 1
+    path.write_bytes(bytes(raw))
+    cluster.client.calls.clear()
+    assert await read(cluster, "rot", prefetch=True) == data
+    assert store.corrupt_found == 1 and not path.exists()  # quarantined, as a shard GET would
+    # shard 0 came from nowhere: a parity shard stood in, once every node was asked for more holders
+    assert cluster.client.count("GET /record+shards") == 4 and cluster.client.count("GET /record") == 6
+
+
+async def test_prefetched_bytes_that_fail_the_records_checksums_are_never_returned(
+        cluster: MiniCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = payload(LARGE, 9)
+    await put(cluster, "flip", data)
+    send = CountingClient.get_record_and_shards
+
+    async def damaging(self: CountingClient, n: NodeInfo, *args: object) -> list[tuple[ObjectRecord, bytes | None]]:
+        pairs = await send(self, n, *args)  # type: ignore[arg-type]
+        return [(r, None if d is None else (d[:100] + bytes([d[100] ^ 1]) + d[101:]) if r.shard == 1 else d)
+                for r, d in pairs]
+
+    monkeypatch.setattr(CountingClient, "get_record_and_shards", damaging)
+    assert await read(cluster, "flip", prefetch=True) == data
+
+
 async def test_a_partition_moved_by_a_map_change_is_read_from_every_node(cluster: MiniCluster) -> None:
     keys = [f"m{i}" for i in range(40)]
     for key in keys:
@@ -167,8 +230,6 @@ async def test_a_partition_moved_by_a_map_change_is_read_from_every_node(cluster
 
 
 async def test_a_delete_marker_hides_the_key_and_its_commit_names_the_older_version(cluster: MiniCluster) -> None:
-    from objstore.records import ObjectRecord
-
     first = await put(cluster, "gone", payload(SMALL))
     ring = cluster.ring
     version = new_version()
