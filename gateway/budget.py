@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 from objstore.cluster import ECProfile
 from objstore.objects import write_buffer_bytes
-from objstore.reader import read_buffer_bytes
+from objstore.reader import STREAM_READAHEAD, read_buffer_bytes
 from objstore.records import ObjectRecord
 
 from gateway.errors import S3Error
@@ -53,6 +53,10 @@ class Budget:
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._on_idle = on_idle
         self._since_idle = 0  # bytes granted since on_idle last ran
+
+    def free_now(self, nbytes: int) -> bool:
+        """Whether `acquire(nbytes)` would be granted at once: nobody is queued and it fits."""
+        return not self._waiters and self.in_use + max(1, min(nbytes, self.capacity)) <= self.capacity
 
     @property
     def waiting(self) -> int:
@@ -159,10 +163,26 @@ def write_share(budget: Budget, ec: ECProfile, size: int | None,
     return share(budget, max(1, nbytes))
 
 
-def read_share(budget: Budget, rec: ObjectRecord, offset: int,
-               length: int) -> contextlib.AbstractAsyncContextManager[None]:
-    """Hold the share of a GET of bytes [offset, offset+length) of `rec` (an empty one takes nothing)."""
-    return share(budget, read_buffer_bytes(rec, offset, length))
+def read_share(budget: Budget, rec: ObjectRecord, offset: int, length: int,
+               prefetched: dict[tuple[str, int, str], bytes] | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+    """Hold the share of a GET of bytes [offset, offset+length) of `rec` (an empty one takes nothing).
+
+    `prefetched`: whole shards the GET already holds, by (node, index, blob) (they came with the records,
+    `ObjectVersion.shards`). They count in the share, and each distinct index stands in for a shard stream
+    and its read-ahead, when the share is granted at once; a GET that has to wait for its share drops them
+    first (it streams those shards once granted), so no GET holds bytes the budget does not count while it
+    waits.
+    """
+    nbytes = read_buffer_bytes(rec, offset, length)
+    if prefetched:
+        held = sum(len(d) for d in prefetched.values())
+        streams_spared = min(len({index for _, index, _ in prefetched}), rec.ec.k)
+        with_shards = nbytes + held - streams_spared * STREAM_READAHEAD
+        if nbytes and budget.free_now(with_shards):
+            nbytes = with_shards
+        else:
+            prefetched.clear()
+    return share(budget, nbytes)
 
 
 def declared_size(payload: object) -> int | None:

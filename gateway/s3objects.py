@@ -216,7 +216,7 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
         return resp
     # The share is held until the last byte is handed to the client's connection, or the request ends
     # otherwise (an error, a client that hung up); the reader is closed before it goes back.
-    async with read_share(gw.read_budget, rec, offset, length), \
+    async with read_share(gw.read_budget, rec, offset, length, obj.shards), \
             contextlib.aclosing(gw.io.read(obj, offset, length)) as chunks:
         first = b""
         if length:

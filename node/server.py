@@ -26,7 +26,7 @@ from objstore import auth
 from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
 from objstore.config import NodeConfig
 from objstore.logs import setup_logging
-from objstore.records import KVRecord, ObjectRecord, RecordError
+from objstore.records import KVRecord, ObjectRecord, PartRef, RecordError
 
 log = logging.getLogger("objstore.node")
 R = TypeVar("R")
@@ -425,7 +425,10 @@ async def get_records(request: web.Request) -> web.Response:
     found = await node.sql(lookup)
     if shard_max <= 0:
         return _packed([_answer([r.pack() for r in recs]) for recs in found])
-    shards = await node.run(_small_shards, node, found, shard_max)
+    if any(_blob_part(r) is not None for recs in found for r in recs):
+        shards = await node.run(_small_shards, node, found, shard_max)
+    else:  # small objects (shards inline), delete markers, nothing found: no disk job
+        shards = [[None] * len(recs) for recs in found]
     return _packed([_answer({"records": [r.pack() for r in recs], "shards": data})
                     for recs, data in zip(found, shards, strict=True)])
 
@@ -433,6 +436,14 @@ async def get_records(request: web.Request) -> web.Response:
 SHARDS_PER_ANSWER = 16 << 20
 """Shard bytes one batched record lookup carries at most; records past it are answered without (the reader
 opens a shard stream instead)."""
+
+
+def _blob_part(rec: ObjectRecord) -> PartRef | None:
+    """The one part of a single-part object whose shard is in a blob file here, else None."""
+    if len(rec.parts) != 1 or rec.deleted:
+        return None
+    part = rec.parts[0]
+    return part if part.inline is None and part.present else None
 
 
 def _small_shards(node: Node, found: list[list[ObjectRecord]], shard_max: int) -> list[list[bytes | None]]:
@@ -443,8 +454,8 @@ def _small_shards(node: Node, found: list[list[ObjectRecord]], shard_max: int) -
         datas: list[bytes | None] = []
         for rec in recs:
             data = None
-            part = rec.parts[0] if len(rec.parts) == 1 and not rec.deleted else None
-            if part is not None and part.inline is None and part.present and budget > 0:
+            part = _blob_part(rec)
+            if part is not None and budget > 0:
                 row = node.store.blob_for_read(part.blob, rec.shard)
                 if row is not None and row.state != "corrupt" and row.size <= min(shard_max, budget):
                     try:

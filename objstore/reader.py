@@ -168,7 +168,7 @@ class ObjectReader:
         if found and found[0].record.version == max(r.version for _, r in records):
             found[0].ring = ring
             found[0].complete = len({r.shard for _, r in found[0].holders}) >= ec.width
-            found[0].shards = shards
+            found[0].shards = dict(shards)  # not the answers of hedged calls still running
             return found[0]
         if not records and len(answers) >= need:
             return None

@@ -302,6 +302,8 @@ async def test_a_record_lookup_can_bring_its_small_shard(node: Harness) -> None:
     await node.client.put_record(node.info, record("tiny", "0000000000000001ab", [inline_part()]))
     assert await node.client.get_record_and_shards(node.info, "b", "k", None, 1 << 20) == [(rec, data)]
     assert await node.client.get_record_and_shards(node.info, "b", "k", None, len(data) - 1) == [(rec, None)]
+    # shard_max=0 is answered in the plain form, as by a node that predates shard_max: records alone
+    assert await node.client.get_record_and_shards(node.info, "b", "k", None, 0) == [(rec, None)]
     assert [d for _, d in await node.client.get_record_and_shards(node.info, "b", "tiny", None, 1 << 20)] == [None]
     assert await node.client.get_record_and_shards(node.info, "b", "nothing", None, 1 << 20) == []
     assert await node.client.get_record(node.info, "b", "k") == [rec]  # the plain lookup answers as before

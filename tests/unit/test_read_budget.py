@@ -100,6 +100,24 @@ def test_a_cancelled_get_gives_its_share_back_whether_holding_or_queued() -> Non
     run(main())
 
 
+def test_shards_that_came_with_the_records_are_counted_or_dropped_before_a_wait() -> None:
+    async def main() -> None:
+        medium = record((1 * MiB, False))
+        own = read_buffer_bytes(medium, 0, MiB)
+        b = Budget(own + MiB, wait=5.0, kind="read")
+        shards = {("n1", i, "blob0"): bytes(256 * 1024) for i in range(4)}
+        async with read_share(b, medium, 0, MiB, shards):
+            # granted at once: the shards count too, in place of the read-ahead of the k streams they spare
+            assert b.in_use == own + MiB - 4 * STREAM_READAHEAD and len(shards) == 4
+            queued = {("n2", 0, "blob0"): bytes(256 * 1024)}
+            waiting = asyncio.create_task(read_share(b, medium, 0, MiB, queued).__aenter__())
+            await asyncio.sleep(0.01)
+            assert not queued and b.waiting == 1  # it would wait: dropped, to be streamed once granted
+        await waiting
+        assert b.in_use == own
+    run(main())
+
+
 def test_a_copy_takes_its_source_read_out_of_its_write_share() -> None:
     async def main() -> None:
         src = record((16 * MiB, False))
