@@ -19,6 +19,9 @@ from objstore.view import ClusterView
 
 log = logging.getLogger("objstore.repair")
 
+RECHECK_DELAY = 0.5
+"""Seconds a pass waits before asking again for the digests of partitions whose owners differed."""
+
 Summary = tuple[str, str, str, int, bool, bool]  # bucket, key, version, shard, deleted, healthy
 
 
@@ -135,6 +138,7 @@ class Repairer:
         rings = [self.view.ring(None)] + [self.view.ring(p.name) for p in self.view.map.pools]
         held, digests = await self._partitions_held()
         tasks: list[Task] = []
+        differ: list[tuple[Ring, int]] = []
         for ring in rings:
             for p in sorted(held):
                 leader = ring.leader(p, lambda nid: self.alive(self.view.map.node(nid)))
@@ -142,7 +146,25 @@ class Repairer:
                     continue
                 stats.partitions_total += 1
                 try:
-                    tasks += await self._scan_partition(ring, p, buckets, stats, digests)
+                    found = await self._scan_partition(ring, p, buckets, stats, digests, drill=False)
+                except (NodeError, OSError, asyncio.TimeoutError) as e:
+                    stats.failures += 1
+                    log.warning("repair: partition %d scan failed: %s", p, e)
+                    found = []
+                if found is None:
+                    differ.append((ring, p))
+                    continue
+                tasks += found
+                if progress:
+                    progress(stats)
+        if differ:
+            # Owners' digests read while writes are in flight differ for the partitions those writes touch.
+            # Asked again a moment later, most agree: only the others are drilled into, record by record.
+            await asyncio.sleep(RECHECK_DELAY)
+            _, digests = await self._partitions_held()
+            for ring, p in differ:
+                try:
+                    tasks += await self._scan_partition(ring, p, buckets, stats, digests) or []
                 except (NodeError, OSError, asyncio.TimeoutError) as e:
                     stats.failures += 1
                     log.warning("repair: partition %d scan failed: %s", p, e)
@@ -185,7 +207,10 @@ class Repairer:
         return held | {p for d in digests.values() for p in d.held}, digests
 
     async def _scan_partition(self, ring: Ring, p: int, buckets: dict[str, tuple[str | None, str | None]],
-                              stats: RepairStats, kept: dict[str, PartitionDigests] | None = None) -> list[Task]:
+                              stats: RepairStats, kept: dict[str, PartitionDigests] | None = None,
+                              drill: bool = True) -> list[Task] | None:
+        """The repairs a partition needs: none if its owners' digests agree; else, with `drill`, what
+        comparing their records finds, and without it None when only the digests differ (ask again)."""
         pool_name = ring.pool.name
         owners = ring.owners(p)
         owner_ids = {n.id for n in owners}
@@ -200,14 +225,16 @@ class Repairer:
         by_node = {n.id: d for n, d in zip(nodes, digests) if not isinstance(d, BaseException)}
         owner_digests = {by_node.get(o.id) for o in owners}
         others_hold = any(d[1] for nid, d in by_node.items() if nid not in owner_ids)
+        plain = (all(self.alive(o) for o in owners) and len(owner_ids) == ring.ec.width
+                 and pool_name == DEFAULT_POOL and not self.view.map.pools)
+        if not drill and plain and not others_hold and None not in owner_digests and len(owner_digests) > 1:
+            return None
         stats.partitions_scanned += 1
         # Bytes scanned: the object bytes of the versions the fullest node holds intact there.
         stats.bytes_scanned += max((d[2] for d in by_node.values()), default=0)
         # Equal digests say the owners hold the same versions, not how many shards each: an owner with
         # two slots (a pool smaller than k+m) may hold one, so such partitions are always drilled into.
-        if (len(owner_digests) == 1 and None not in owner_digests and not others_hold
-                and all(self.alive(o) for o in owners) and len(owner_ids) == ring.ec.width
-                and pool_name == DEFAULT_POOL and not self.view.map.pools):
+        if len(owner_digests) == 1 and None not in owner_digests and not others_hold and plain:
             stats.partitions_in_sync += 1
             count = next(iter(owner_digests))[1]  # type: ignore[index]
             stats.objects_total += count
