@@ -96,6 +96,13 @@ def _term(bucket: str, key: str, version: str, deleted: bool) -> int:
     return xxhash.xxh3_64_intdigest(msgpack.packb((bucket, key, version, deleted)))
 
 
+def _healthy(rec: ObjectRecord, blob_state: Callable[[str], str | None]) -> bool:
+    """Every part of a record is here intact: inline, or a present shard whose blob row (of the record's
+    partition, by `blob_state`) is not quarantined. What a partition digest counts."""
+    return all(p.inline is not None or (p.present and blob_state(p.blob) not in (None, "corrupt"))
+               for p in rec.parts)
+
+
 def _digest(kept: list[int]) -> tuple[str, int, int]:
     return f"{kept[0]:016x}", kept[1], kept[2]
 
@@ -549,9 +556,7 @@ class Store:
                 "SELECT bucket, key, version, shard, deleted, record FROM objects WHERE partition=? "
                 "ORDER BY bucket, key, version, shard", (partition,)).fetchall():
             recs = self._readable([(b, k, v, shard, packed)])
-            healthy = bool(recs) and all(
-                p.inline is not None or (p.present and state.get((p.blob, shard), "corrupt") != "corrupt")
-                for p in recs[0].parts)
+            healthy = bool(recs) and _healthy(recs[0], lambda blob, shard=shard: state.get((blob, shard)))
             out.append((b, k, v, shard, bool(d), healthy, recs[0].size if recs else 0))
         return out
 
@@ -613,20 +618,19 @@ class Store:
 
     def _term(self, partition: int, bucket: str, key: str, version: str) -> tuple[int, int, int]:
         """A version's part of its partition's digest: (xxh3 term, 1, size) if this node holds any healthy
-        record of it, else zeros. The same rule as `_summaries`, for one version (SQL thread)."""
+        record of it, else zeros: what `_fresh_sum` adds for it (SQL thread)."""
         rows = self._db.execute("SELECT shard, deleted, record FROM objects WHERE bucket=? AND key=? AND version=? "
                                 "AND partition=? ORDER BY shard", (bucket, key, version, partition)).fetchall()
         for shard, deleted, packed in rows:
             recs = self._readable([(bucket, key, version, shard, packed)])
-            if recs and all(p.inline is not None or (p.present and self._blob_healthy(p.blob, shard, partition))
-                            for p in recs[0].parts):
+            if recs and _healthy(recs[0], lambda blob, shard=shard: self._blob_state(blob, shard, partition)):
                 return _term(bucket, key, version, bool(deleted)), 1, recs[0].size
         return 0, 0, 0
 
-    def _blob_healthy(self, blob: str, shard: int, partition: int) -> bool:
+    def _blob_state(self, blob: str, shard: int, partition: int) -> str | None:
         row = self._db.execute("SELECT state FROM blobs WHERE blob=? AND shard=? AND partition=?",
                                (blob, shard, partition)).fetchone()
-        return row is not None and row[0] != "corrupt"
+        return row[0] if row else None
 
     @on_sql_thread
     def scrub_records(self, partition: int) -> bool:
@@ -639,7 +643,6 @@ class Store:
         kept = self._digests.get(partition)
         if kept is not None:
             self._settle(partition, kept)
-        self._before.pop(partition, None)
         self._digests[partition] = fresh
         return kept is not None and kept != fresh
 
