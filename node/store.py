@@ -8,6 +8,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -369,8 +370,15 @@ class Store:
         db = self._db
         results: list[list[str] | Exception] = []
         paths: list[str] = []
+        terms: list[tuple[int, int, int]] = []  # (partition, term, size) of new versions written the short way
+        fast: set[int] = set()  # indexes of the records written so
         with _transaction(db):
-            for rec in recs:
+            for i, rec in enumerate(recs):
+                older = self._write_new_inline(rec, older_limit, terms)
+                if older is not None:
+                    results.append(older)
+                    fast.add(i)
+                    continue
                 db.execute("SAVEPOINT rec")
                 try:
                     paths += self._write_record(rec)
@@ -380,6 +388,13 @@ class Store:
                 else:
                     results.append([])
                 db.execute("RELEASE rec")
+        for p, term, size in terms:  # committed: their partitions' kept digests gain them
+            kept = self._digests.get(p)
+            if kept is not None:
+                kept[0] = (kept[0] + term) & _MASK64
+                kept[1] += 1
+                kept[2] += size
+        keys = Counter((rec.bucket, rec.key) for rec in recs) if len(recs) > 1 else None
         for i, rec in enumerate(recs):
             if isinstance(results[i], Exception):
                 continue
@@ -387,9 +402,36 @@ class Store:
             if self._held is not None:
                 self._held.add(partition_of(rec.bucket, rec.key, self.partition_bits))
             self._unreadable.discard((*ident, rec.shard))
-            if older_limit:
+            # A record written the short way knows its older versions already, unless the batch wrote
+            # another version of its key after it.
+            if older_limit and (i not in fast or (keys is not None and keys[(rec.bucket, rec.key)] > 1)):
                 results[i] = self.older_versions(rec.bucket, rec.key, rec.version, older_limit)
         return results, paths
+
+    def _write_new_inline(self, rec: ObjectRecord, older_limit: int,
+                          terms: list[tuple[int, int, int]]) -> list[str] | None:
+        """Write a record the short way if it is the first of its version here and all its parts are inline
+        (a small object's shard, a delete marker): no blob to check, no shard file to free, nothing to
+        undo, and its digest term is known without reading it back (noted in `terms`, added once the
+        transaction commits). Returns up to `older_limit` older versions of its key held here, or None
+        (nothing written) when the record needs the full path of `_write_record`.
+        """
+        if any(p.inline is None for p in rec.parts) or (not rec.deleted and sum(p.size for p in rec.parts) != rec.size):
+            return None
+        db = self._db
+        newest = [v for (v,) in db.execute(
+            "SELECT DISTINCT version FROM objects WHERE bucket=? AND key=? AND version<=? ORDER BY version DESC "
+            "LIMIT ?", (rec.bucket, rec.key, rec.version, older_limit + 1))]
+        if newest and newest[0] == rec.version:
+            return None  # a record of this version is here (another shard, or this one again)
+        partition = partition_of(rec.bucket, rec.key, self.partition_bits)
+        db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
+                    rec.etag, rec.created, rec.pack()))
+        if partition in self._digests and (rec.bucket, rec.key, rec.version) not in self._before.get(partition, ()):
+            # (A noted version, one removed since the digest was last asked, gets its term when it settles.)
+            terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size))
+        return newest[:older_limit]
 
     def _write_record(self, rec: ObjectRecord) -> list[str]:
         """Check and write one record inside the caller's transaction; the shard files it frees."""
