@@ -172,8 +172,12 @@ MAX_BATCH_CALLS = 64
 MAX_BATCH_BYTES = 8 << 20
 """A batch closes once its packed records reach this size (a node reads at most 64 MiB of body; a record of
 a 10,000-part upload is about 1 MB)."""
-BATCH_DEPTH = 2
-"""Batched record RPCs out to one node at once, per kind: one is being answered while the next fills."""
+BATCH_DEPTH = 1
+"""Batched record RPCs out to one node at once, per kind: the next batch fills while one is answered.
+
+One, not two: under load each node then gets half as many requests for the same records, and at 4 KiB
+x32 on the dev cluster that measured -11% server CPU per PUT and -23% per GET (+7% and +30% ops/s),
+with 1 MiB unchanged; a lone call still goes at once."""
 
 
 class NodeClient:
