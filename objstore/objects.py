@@ -15,7 +15,7 @@ from objstore.client import NodeError
 from objstore.cluster import ECProfile, NodeInfo
 from objstore.quorum import settle
 from objstore.reader import ObjectReader, ObjectVersion, PartReader, ReadFailed
-from objstore.records import ObjectRecord, PartRef
+from objstore.records import ObjectRecord, PartRef, evolve
 from objstore.ring import Ring
 
 __all__ = ["BlobWrite", "Committed", "ObjectIO", "ObjectVersion", "ReadFailed", "ShardWrite", "WriteFailed",
@@ -294,9 +294,9 @@ class ObjectIO(ObjectReader):
             for pos, (ref, bw) in enumerate(parts):
                 s = held[(node_id, index)].get(pos)
                 sums = s.checksums if s else _sums_for(bw, index)
-                refs.append(replace(ref, blob=bw.blob, checksums=sums, present=s is not None,
-                                    inline=s.inline if s else None))
-            return replace(template, shard=index, ec=ec, parts=refs, handoff=handoff)
+                refs.append(evolve(ref, blob=bw.blob, checksums=sums, present=s is not None,
+                                   inline=s.inline if s else None))
+            return evolve(template, shard=index, ec=ec, parts=refs, handoff=handoff)
 
         records = {key: record_for(key[0], key[1], handoff) for key, (node, handoff) in targets.items()}
         keys = list(records)
@@ -309,7 +309,8 @@ class ObjectIO(ObjectReader):
                 return key[1], node, await self._timed(node, self.client.put_record(node, rec))
 
             async def attempt(n: NodeInfo) -> list[str] | None:  # inline shards and markers can land on a handoff
-                return await self.client.put_record(n, replace(rec, handoff=rec.handoff or n.id != node.id))
+                handoff = rec.handoff or n.id != node.id
+                return await self.client.put_record(n, rec if handoff == rec.handoff else evolve(rec, handoff=handoff))
             landed, older, _ = await self._with_handoff(key[1], node, spares, attempt)
             return key[1], landed, older
 

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
 from objstore.cluster import ECProfile
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 _U64 = 2**64
 
 
 class RecordError(ValueError):
     """Bytes that are not a record this code can read: never turned into a wrong object."""
+
+
+def evolve(obj: T, **changes: Any) -> T:
+    """`dataclasses.replace` for the write path's records and parts: a copy with some fields changed.
+
+    About ten times cheaper (no __init__, no walk over the fields): a PUT makes three per shard.
+    """
+    assert changes.keys() <= obj.__dict__.keys(), f"no such fields: {set(changes) - set(obj.__dict__)}"
+    new = object.__new__(type(obj))
+    new.__dict__ = {**obj.__dict__, **changes}
+    return new
 
 
 def _check(cond: bool, what: str) -> None:
