@@ -21,7 +21,8 @@ class RecordError(ValueError):
 def evolve(obj: T, **changes: Any) -> T:
     """`dataclasses.replace` for the write path's records and parts: a copy with some fields changed.
 
-    About ten times cheaper (no __init__, no walk over the fields): a PUT makes three per shard.
+    It copies the instance dict (no __init__, no walk over the fields): 0.7 against 1.7 us here, and a
+    PUT makes three per shard.
     """
     assert changes.keys() <= obj.__dict__.keys(), f"no such fields: {set(changes) - set(obj.__dict__)}"
     new = object.__new__(type(obj))
