@@ -108,6 +108,12 @@ def _digest(kept: list[int]) -> tuple[str, int, int]:
     return f"{kept[0]:016x}", kept[1], kept[2]
 
 
+def _object_row(rec: ObjectRecord, partition: int) -> tuple[Any, ...]:
+    """A record as a row of the objects table."""
+    return (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size, rec.etag,
+            rec.created, rec.pack())
+
+
 def _blob_row(r: tuple[Any, ...]) -> BlobRow:
     return BlobRow(r[0], r[1], r[2], r[3], r[4], r[5], list(msgpack.unpackb(r[6])), r[7], r[8])
 
@@ -425,9 +431,7 @@ class Store:
         if newest and newest[0] == rec.version:
             return None  # a record of this version is here (another shard, or this one again)
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
-        db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
-                   (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
-                    rec.etag, rec.created, rec.pack()))
+        db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", _object_row(rec, partition))
         if partition in self._digests and (rec.bucket, rec.key, rec.version) not in self._before.get(partition, ()):
             # (A noted version, one removed since the digest was last asked, gets its term when it settles.)
             terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size))
@@ -455,9 +459,7 @@ class Store:
                                         "AND shard=?", (*ident, rec.shard))}
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
         self._version_changing(partition, *ident)
-        db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
-                   (rec.bucket, rec.key, rec.version, rec.shard, partition, int(rec.deleted), rec.size,
-                    rec.etag, rec.created, rec.pack()))
+        db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", _object_row(rec, partition))
         db.execute("DELETE FROM blob_refs WHERE bucket=? AND key=? AND version=? AND shard=?", (*ident, rec.shard))
         for blob in needed:
             db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)", (blob, rec.shard, *ident))
