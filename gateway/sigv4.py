@@ -167,7 +167,9 @@ def _parse_amz_date(value: str, error: str, what: str) -> float:
     try:
         if not _AMZ_DATE.fullmatch(value):
             raise ValueError(value)  # strptime alone would accept single-digit fields
-        return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=UTC).timestamp()
+        # The fields by position (the pattern fixed them): a third of strptime's cost, every request pays it.
+        return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]), int(value[11:13]),
+                        int(value[13:15]), tzinfo=UTC).timestamp()
     except ValueError:
         raise S3Error(error, f"{what} must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"") from None
 
