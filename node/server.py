@@ -657,8 +657,11 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
             await asyncio.gather(*tasks, return_exceptions=True)
             if node.loops is not None:
                 await node.loops.close()
-            node.disk.shutdown(wait=True)
-            store.close()
+            def close() -> None:  # waits for disk jobs and the SQLite thread: off the event loop
+                node.disk.shutdown(wait=True)
+                store.close()
+
+            await asyncio.get_running_loop().run_in_executor(None, close)
 
     app.cleanup_ctx.append(lifecycle)
     return app
