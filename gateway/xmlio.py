@@ -34,10 +34,14 @@ XmlContent = Mapping[str, XmlValue] | Sequence[tuple[str, XmlValue]]
 _NEEDS_REF = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 _SPECIAL = re.compile('[&<>"]')
+_ANY = re.compile('[&<>"\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+"""Either kind: most text (keys, ETags, names) has neither, and is left as it is after one scan."""
 
 
 def escape(text: str) -> str:
     """Escape text for an XML element body (markup characters, and control characters as references)."""
+    if _ANY.search(text) is None:
+        return text
     text = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], text)
     return _NEEDS_REF.sub(lambda m: f"&#x{ord(m.group()):x};", text)
 
@@ -46,7 +50,8 @@ def format_timestamp(t: datetime) -> str:
     """S3's timestamp format in XML: 2009-10-12T17:50:30.000Z, always UTC."""
     if t.tzinfo is not None:
         t = t.astimezone(UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
+            f"{t.microsecond // 1000:03d}Z")
 
 
 def _is_pairs(value: object) -> bool:
@@ -68,7 +73,9 @@ def _text(value: str | float | bool | datetime) -> str:
 def _emit(out: list[str], name: str, value: XmlValue) -> None:
     if value is None:
         return
-    if isinstance(value, Mapping):
+    if type(value) is str:  # most values (a listing page has thousands): skip the container checks
+        out.append(f"<{name}>{escape(value)}</{name}>")
+    elif type(value) is dict or isinstance(value, Mapping):
         out.append(f"<{name}>")
         for child, child_value in value.items():
             _emit(out, child, child_value)
