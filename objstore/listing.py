@@ -177,16 +177,23 @@ class MergedListing:
             if key is None:
                 return
             entries = [e for c in self.cursors for e in c.take(key)]
-            if self.reserve and _unsettled(entries, self.k):
-                entries += await self._call_reserve(key)
-            self.last = max(self.last, key)
             visible = visible_entries(entries, self.k)
+            if self.reserve and _unsettled(entries, self.k, visible):
+                entries += await self._call_reserve(key)
+                visible = visible_entries(entries, self.k)
+            self.last = max(self.last, key)
             if visible:
                 yield key, visible
 
 
-def _unsettled(entries: list[ListEntry], k: int) -> bool:
-    """Some version shows fewer than k distinct shards: another node may hold the one that makes it visible."""
+def _unsettled(entries: list[ListEntry], k: int, visible: list[VersionInfo]) -> bool:
+    """Some version shows fewer than k distinct shards: another node may hold the one that makes it visible.
+
+    `visible` is what `visible_entries` made of them: when it holds every version seen (the usual case,
+    one version with k shards or more), nothing is unsettled and the entries are not grouped again.
+    """
+    if len(visible) == 1 and all(e.version == visible[0].version for e in entries):
+        return False
     shards: dict[str, set[int]] = defaultdict(set)
     for e in entries:
         shards[e.version].add(e.shard)
