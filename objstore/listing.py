@@ -178,7 +178,7 @@ class MergedListing:
                 return
             entries = [e for c in self.cursors for e in c.take(key)]
             visible = visible_entries(entries, self.k)
-            if self.reserve and _unsettled(entries, self.k, visible):
+            if self.reserve and _unsettled(entries, visible):
                 entries += await self._call_reserve(key)
                 visible = visible_entries(entries, self.k)
             self.last = max(self.last, key)
@@ -186,18 +186,10 @@ class MergedListing:
                 yield key, visible
 
 
-def _unsettled(entries: list[ListEntry], k: int, visible: list[VersionInfo]) -> bool:
-    """Some version shows fewer than k distinct shards: another node may hold the one that makes it visible.
-
-    `visible` is what `visible_entries` made of them: when it holds every version seen (the usual case,
-    one version with k shards or more), nothing is unsettled and the entries are not grouped again.
-    """
-    if len(visible) == 1 and all(e.version == visible[0].version for e in entries):
-        return False
-    shards: dict[str, set[int]] = defaultdict(set)
-    for e in entries:
-        shards[e.version].add(e.shard)
-    return any(len(s) < k for s in shards.values())
+def _unsettled(entries: list[ListEntry], visible: list[VersionInfo]) -> bool:
+    """Some version shows fewer than k distinct shards (`visible_entries` left it out): another node may
+    hold the one that makes it visible."""
+    return len(visible) < len({e.version for e in entries})
 
 
 def visible_entries(entries: list[ListEntry], k: int) -> list[VersionInfo]:
