@@ -34,7 +34,7 @@ XmlContent = Mapping[str, XmlValue] | Sequence[tuple[str, XmlValue]]
 _NEEDS_REF = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 _SPECIAL = re.compile('[&<>"]')
-_ANY = re.compile('[&<>"\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+_ANY = re.compile(f"{_SPECIAL.pattern}|{_NEEDS_REF.pattern}")
 """Either kind: most text (keys, ETags, names) has neither, and is left as it is after one scan."""
 
 
