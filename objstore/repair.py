@@ -139,37 +139,35 @@ class Repairer:
         held, digests = await self._partitions_held()
         tasks: list[Task] = []
         differ: list[tuple[Ring, int]] = []
+
+        async def scan(ring: Ring, p: int, digests: dict[str, PartitionDigests], drill: bool) -> None:
+            try:
+                found = await self._scan_partition(ring, p, buckets, stats, digests, drill=drill)
+            except (NodeError, OSError, asyncio.TimeoutError) as e:
+                stats.failures += 1
+                log.warning("repair: partition %d scan failed: %s", p, e)
+                found = []
+            if found is None:
+                differ.append((ring, p))
+                return
+            tasks.extend(found)
+            if progress:
+                progress(stats)
+
         for ring in rings:
             for p in sorted(held):
                 leader = ring.leader(p, lambda nid: self.alive(self.view.map.node(nid)))
                 if self.me is not None and (leader is None or leader.id != self.me):
                     continue
                 stats.partitions_total += 1
-                try:
-                    found = await self._scan_partition(ring, p, buckets, stats, digests, drill=False)
-                except (NodeError, OSError, asyncio.TimeoutError) as e:
-                    stats.failures += 1
-                    log.warning("repair: partition %d scan failed: %s", p, e)
-                    found = []
-                if found is None:
-                    differ.append((ring, p))
-                    continue
-                tasks += found
-                if progress:
-                    progress(stats)
+                await scan(ring, p, digests, drill=False)
         if differ:
             # Owners' digests read while writes are in flight differ for the partitions those writes touch.
             # Asked again a moment later, most agree: only the others are drilled into, record by record.
             await asyncio.sleep(RECHECK_DELAY)
             _, digests = await self._partitions_held()
-            for ring, p in differ:
-                try:
-                    tasks += await self._scan_partition(ring, p, buckets, stats, digests) or []
-                except (NodeError, OSError, asyncio.TimeoutError) as e:
-                    stats.failures += 1
-                    log.warning("repair: partition %d scan failed: %s", p, e)
-                if progress:
-                    progress(stats)
+            for ring, p in differ[:]:
+                await scan(ring, p, digests, drill=True)
         tasks.sort(key=lambda t: (t.healthy, t.version))  # most at risk first
         stats.objects_remaining = len(tasks)
         stats.bytes_remaining = sum(t.size * len(t.targets) // max(1, t.ring.ec.k) for t in tasks)
