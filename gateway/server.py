@@ -25,6 +25,7 @@ from objstore.kv import ReplicatedKV
 from objstore.logs import setup_logging
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
+from objstore.runtime import tune_gc
 from objstore.users import REFRESH_INTERVAL, UserDirectory, UserStore
 from objstore.view import ClusterView
 
@@ -380,6 +381,7 @@ class MalformedRequestFilter(logging.Filter):
 def run(cfg: GatewayConfig) -> None:
     """Serve S3 until SIGTERM or SIGINT."""
     setup_logging(cfg.log_level, "gateway")
+    tune_gc()
     keep_freed_buffers()
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     try:

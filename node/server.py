@@ -27,6 +27,7 @@ from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
 from objstore.config import NodeConfig
 from objstore.logs import setup_logging
 from objstore.records import KVRecord, ObjectRecord, PartRef, RecordError
+from objstore.runtime import tune_gc
 
 log = logging.getLogger("objstore.node")
 R = TypeVar("R")
@@ -691,6 +692,7 @@ def run(cfg: NodeConfig) -> int:
     """Serve the node RPC until SIGTERM or SIGINT (exit code 0) or until the node stops itself (its data dir
     was wiped: EXIT_RESTART), then stop the loops and close the store. Returns the exit code."""
     setup_logging(cfg.log_level, cfg.id)
+    tune_gc()
     try:
         import uvloop
 
