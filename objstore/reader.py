@@ -342,8 +342,18 @@ class PartReader:
         k = self.ec.k
         blocks: dict[int, bytes] = {}
         pending: dict[asyncio.Task[bytes], int] = {}
+        if all(s.held is not None for s in self.open.values()):
+            # Shards that came with their records (small objects, prefetched medium ones): no task, no wait.
+            for idx, s in list(self.open.items()):
+                try:
+                    blocks[idx] = s.held_block(stripe, blen)
+                except (codec.ChecksumError, ReadFailed) as e:
+                    await self._drop(idx, e)
+            if len(blocks) >= k:
+                return blocks
         for idx, s in list(self.open.items()):
-            pending[asyncio.ensure_future(s.block(stripe, blen))] = idx
+            if idx not in blocks:
+                pending[asyncio.ensure_future(s.block(stripe, blen))] = idx
         hedged = False
         try:
             while len(blocks) < k:
@@ -369,11 +379,7 @@ class PartReader:
                     try:
                         blocks[idx] = task.result()
                     except (NodeError, OSError, asyncio.TimeoutError, codec.ChecksumError, ReadFailed) as e:
-                        log.warning("shard %d of %s unreadable: %s", idx, self.part.blob, e)
-                        self.failed.add(idx)
-                        stream = self.open.pop(idx, None)
-                        if stream:
-                            await stream.close()
+                        await self._drop(idx, e)
                         if len(blocks) + len(pending) < k:
                             src = await self._next_candidate()
                             if src is not None:
@@ -387,6 +393,14 @@ class PartReader:
                     self.failed.add(idx)
                     await stream.close()
         return blocks
+
+    async def _drop(self, idx: int, e: Exception) -> None:
+        """Shard `idx` failed (unreachable, short, corrupt): never read it again for this part."""
+        log.warning("shard %d of %s unreadable: %s", idx, self.part.blob, e)
+        self.failed.add(idx)
+        stream = self.open.pop(idx, None)
+        if stream:
+            await stream.close()
 
     async def close(self) -> None:
         for s in self.open.values():
@@ -406,11 +420,26 @@ class ShardStream:
         self._pos = shard_off
         self._started = time.monotonic()
 
-    async def block(self, stripe: int, blen: int) -> bytes:
+    @property
+    def held(self) -> bytes | None:
+        """The whole shard, when it came with the record (inline, or sent along by the node)."""
+        return self.src.part.inline if self.src.part.inline is not None else self.src.data
+
+    def held_block(self, stripe: int, blen: int) -> bytes:
+        """`block` of a held shard, without the event loop."""
+        held = self.held
+        assert held is not None
+        self._check_pos(stripe)
+        return self._verified(held[self._pos:self._pos + blen], stripe, blen)
+
+    def _check_pos(self, stripe: int) -> None:
         expected_pos = stripe * self.block_size
         if expected_pos != self._pos:
             raise ReadFailed(f"shard stream at {self._pos}, asked for {expected_pos}")
-        held = self.src.part.inline if self.src.part.inline is not None else self.src.data
+
+    async def block(self, stripe: int, blen: int) -> bytes:
+        self._check_pos(stripe)
+        held = self.held
         if held is not None:
             data = held[self._pos:self._pos + blen]
         else:
@@ -422,6 +451,9 @@ class ShardStream:
             if self._started:
                 self.view.record_success(self.src.node, time.monotonic() - self._started)
                 self._started = 0.0
+        return self._verified(data, stripe, blen)
+
+    def _verified(self, data: bytes, stripe: int, blen: int) -> bytes:
         if len(data) != blen:
             raise ReadFailed(f"shard {self.src.index} is short")
         sums = self.src.part.checksums
