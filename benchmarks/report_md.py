@@ -105,7 +105,8 @@ def _compare(data: dict[str, Any]) -> str:
     med = medians(rows)
     out = [(f"Every cell (workload, size, concurrency) ran on every store in turn, the order rotated by one store "
            f"from cell to cell; each cell is bounded by {plan['seconds']:g} s, {plan['max_ops']:,} operations and "
-           f"{plan['max_bytes'] / 2**30:g} GiB, in a fresh connection pool. Every GET body was compared byte for byte "
+           f"{plan['max_bytes'] / 2**30:g} GiB ({', '.join(plan.get('bytes_bound', ['put', 'get', 'mixed']))} "
+           f"only), in a fresh connection pool. Every GET body was compared byte for byte "
            f"with what was written. {_repeated(plan)} MB = 10^6 bytes. "
            "Ratio = objstore / peer (above 1: objstore faster).\n")]
     targets = _targets(plan, med, peers)
