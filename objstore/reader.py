@@ -428,7 +428,8 @@ class ShardStream:
     def held_block(self, stripe: int, blen: int) -> bytes:
         """`block` of a held shard, without the event loop."""
         held = self.held
-        assert held is not None
+        if held is None:
+            raise ValueError("held_block of a shard that is read from its node")
         self._check_pos(stripe)
         return self._verified(held[self._pos:self._pos + blen], stripe, blen)
 
@@ -438,19 +439,17 @@ class ShardStream:
             raise ReadFailed(f"shard stream at {self._pos}, asked for {expected_pos}")
 
     async def block(self, stripe: int, blen: int) -> bytes:
+        if self.held is not None:
+            return self.held_block(stripe, blen)
         self._check_pos(stripe)
-        held = self.held
-        if held is not None:
-            data = held[self._pos:self._pos + blen]
-        else:
-            if self._reader is None:
-                self._cm = self.client.open_blob(self.src.node, self.src.part.blob, self.src.index,
-                                                    self.shard_off, self.shard_len)
-                self._reader = await self._cm.__aenter__()
-            data = await self._reader.read_exactly(blen)
-            if self._started:
-                self.view.record_success(self.src.node, time.monotonic() - self._started)
-                self._started = 0.0
+        if self._reader is None:
+            self._cm = self.client.open_blob(self.src.node, self.src.part.blob, self.src.index,
+                                             self.shard_off, self.shard_len)
+            self._reader = await self._cm.__aenter__()
+        data = await self._reader.read_exactly(blen)
+        if self._started:
+            self.view.record_success(self.src.node, time.monotonic() - self._started)
+            self._started = 0.0
         return self._verified(data, stripe, blen)
 
     def _verified(self, data: bytes, stripe: int, blen: int) -> bytes:
