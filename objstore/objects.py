@@ -100,16 +100,36 @@ class ObjectIO(ObjectReader):
             raise WriteFailed(f"only {len(ring.nodes)} nodes can be placed on, need {ring.ec.k + 1}")
         return ring.owners(partition), self.view.by_availability(ring.handoffs(partition))
 
+    def _short_of_nodes(self, ec: ECProfile, owners: list[NodeInfo], spares: list[NodeInfo]) -> bool:
+        """Whether the owners and spares in rotation are too few for k+1 shards.
+
+        A write that would then fail is better off also asking the nodes the error limiter set aside:
+        a node set aside after a few slow answers (a disk stalled under writeback) is usually up, and
+        while it is out of rotation a cluster as wide as its EC profile (6 nodes at 4+2) would refuse
+        every write. A node really down costs the write one failed attempt, and the write fails as it
+        would have.
+        """
+        in_rotation = sum(1 for n in [*owners, *spares] if self.view.available(n))
+        return in_rotation < ec.k + 1
+
     async def _with_handoff(self, index: int, owner: NodeInfo, spares: list[NodeInfo],
-                            attempt: Callable[[NodeInfo], Any]) -> tuple[NodeInfo, Any, bool]:
-        """Run `attempt` on the owner, else on the next free spare; spares are shared between slots."""
+                            attempt: Callable[[NodeInfo], Any], last_resort: bool = False
+                            ) -> tuple[NodeInfo, Any, bool]:
+        """Run `attempt` on the owner, else on the next free spare; spares are shared between slots.
+
+        An owner out of rotation is passed over for a spare; with `last_resort` (`_short_of_nodes`) it is
+        still tried once no spare is left.
+        """
         candidates = [owner] if self.view.available(owner) else []
+        fallback = [owner] if last_resort and not candidates else []
         last: Exception | None = None
         while True:
             if candidates:
                 node = candidates.pop()
             elif spares:
                 node = spares.pop(0)
+            elif fallback:
+                node = fallback.pop()
             else:
                 raise last or WriteFailed(f"no node left for shard {index}")
             started = time.monotonic()
@@ -165,6 +185,7 @@ class ObjectIO(ObjectReader):
                              on_payload: Callable[[bytes], None] | None) -> BlobWrite:
         ec = ring.ec
         owners, spares = self._targets(ring, partition)
+        last_resort = self._short_of_nodes(ec, owners, spares)
         queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(SHARD_QUEUE_DEPTH) for _ in range(ec.width)]
         alive = [True] * ec.width
         size = 0
@@ -193,7 +214,7 @@ class ObjectIO(ObjectReader):
                     raise WriteFailed(f"shard {i} checksums from {node.id} differ from what was sent")
                 return sums
             try:
-                node, sums, handoff = await self._with_handoff(i, owners[i], spares, attempt)
+                node, sums, handoff = await self._with_handoff(i, owners[i], spares, attempt, last_resort)
             finally:
                 alive[i] = False
                 while not queues[i].empty():
@@ -302,6 +323,7 @@ class ObjectIO(ObjectReader):
         keys = list(records)
 
         _, spares = self._targets(ring, partition)
+        last_resort = self._short_of_nodes(ec, owners, spares)
 
         async def put(key: tuple[str, int]) -> tuple[int, NodeInfo, list[str] | None]:
             node, rec = targets[key][0], records[key]
@@ -311,7 +333,7 @@ class ObjectIO(ObjectReader):
             async def attempt(n: NodeInfo) -> list[str] | None:  # inline shards and markers can land on a handoff
                 handoff = rec.handoff or n.id != node.id
                 return await self.client.put_record(n, rec if handoff == rec.handoff else evolve(rec, handoff=handoff))
-            landed, older, _ = await self._with_handoff(key[1], node, spares, attempt)
+            landed, older, _ = await self._with_handoff(key[1], node, spares, attempt, last_resort)
             return key[1], landed, older
 
         # Every target is waited for, except one still silent well after k+1 shard indexes are committed:

@@ -14,6 +14,7 @@ import pytest
 import node.server
 import objstore.reader
 from objstore.cluster import NodeInfo
+from objstore.objects import WriteFailed
 from objstore.records import ObjectRecord
 from objstore.versions import new_version
 from tests.unit.objects_harness import BS, BUCKET, EC, CountingClient, MiniCluster, payload, put, read, start_cluster
@@ -75,6 +76,36 @@ async def test_a_node_that_names_too_many_versions_is_asked_for_them(cluster: Mi
     await cluster.io.prune(cluster.ring, BUCKET, "many", keep=last.record.version, seen=last)
     assert cluster.client.count("GET /versions") == 6 and cluster.client.count("DELETE /record") == 18
     assert held_versions(cluster, "many") == {n.id: {last.record.version} for n in cluster.nodes}
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_owners_out_of_rotation_are_still_asked_when_a_write_needs_them(cluster: MiniCluster,
+                                                                               size: int) -> None:
+    """Six nodes at 4+2 have no spare: with two owners set aside by the error limiter (up, only slow a
+    moment ago) a write that skipped them would fail. It asks them last, lands all six shards, and they
+    are back in rotation; with two owners set aside and really gone, the write still fails."""
+    data = payload(size, 11)
+    aside = cluster.owners("aside")[:2]
+    cluster.push_back(*aside)
+    assert not any(cluster.view.available(n) for n in aside)
+    committed = await put(cluster, "aside", data)
+    assert len({index for index in range(EC.width)
+                if cluster.store(cluster.owners("aside")[index].id).get_record(BUCKET, "aside")}) == EC.width
+    assert all(cluster.view.available(n) for n in aside)
+    assert await read(cluster, "aside") == data and committed.record.version
+
+    one = cluster.owners("one")[:1]  # one set aside: five in rotation are enough, the sixth is not asked
+    cluster.push_back(*one)
+    await put(cluster, "one", data)
+    assert not cluster.store(one[0].id).get_record(BUCKET, "one") and not cluster.view.available(one[0])
+
+    gone = cluster.owners("gone")[:2]
+    cluster.push_back(*gone)
+    for n in gone:
+        await next(s for s in cluster.servers if s.port == int(n.address.rsplit(":", 1)[1])).close()
+    with pytest.raises(WriteFailed):
+        await put(cluster, "gone", data)
+    assert await read(cluster, "gone") is None
 
 
 # -- finding and reading --------------------------------------------------------------------------
