@@ -104,9 +104,8 @@ class ObjectIO(ObjectReader):
         """Whether the owners and spares in rotation are too few for k+1 shards.
 
         A write that would then fail is better off also asking the nodes the error limiter set aside:
-        a node set aside after a few slow answers (a disk stalled under writeback) is usually up, and
-        while it is out of rotation a cluster as wide as its EC profile (6 nodes at 4+2) would refuse
-        every write. A node really down costs the write one failed attempt, and the write fails as it
+        one set aside after a few failed or timed-out calls may well be up again, and while it is out
+        of rotation a cluster as wide as its EC profile (6 nodes at 4+2) would refuse every write. A node really down costs the write one failed attempt, and the write fails as it
         would have.
         """
         in_rotation = sum(1 for n in [*owners, *spares] if self.view.available(n))
