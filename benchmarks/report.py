@@ -172,6 +172,13 @@ async def _report(args: argparse.Namespace, out: Path, work: Path, console: Cons
                             "machine": machine_info(work), "notes": [],
                             "plans": {name: plan[name].__dict__ for name in chosen}}
     payloads = PayloadStream(args.seed)
+
+    def done_with(path: Path) -> None:
+        """A phase's stores are stopped: their data goes, unless `--workdir` asked to keep it. Kept to the
+        end, a full run's phases took about 60 GB (a disk with 56 GB free filled in the EC phase)."""
+        if args.workdir is None:
+            shutil.rmtree(path, ignore_errors=True)
+
     with Reporter(console) as reporter:
         reporter.run(len(chosen))
         if "compare" in chosen:
@@ -184,6 +191,7 @@ async def _report(args: argparse.Namespace, out: Path, work: Path, console: Cons
             finally:
                 for system in systems:
                     system.stop()
+                    done_with(work / system.name)
             _save(out, data)
         for name in ("scale", "repair", "ec"):
             if name == "repair" and ("repair" in chosen or "chaos" in chosen):
@@ -198,14 +206,16 @@ async def _report(args: argparse.Namespace, out: Path, work: Path, console: Cons
                         data["chaos"] = await run_chaos(system, plan["chaos"], payloads, reporter)
                 finally:
                     await asyncio.to_thread(system.stop)
+                    done_with(work / "repair")
             elif name == "scale" and "scale" in chosen:
                 system = start_objstore(work / "scale", fsync=True)
                 try:
                     data["scale"] = await run_scale(system, plan["scale"], payloads, reporter)
                 finally:
                     await asyncio.to_thread(system.stop)
+                    done_with(work / "scale")
             elif name == "ec" and "ec" in chosen:
-                data["ec"] = await run_ec(work, plan["ec"], payloads, reporter, start_objstore)
+                data["ec"] = await run_ec(work, plan["ec"], payloads, reporter, start_objstore, done_with)
             _save(out, data)
         reporter.phase("charts and report.md", 2)
         data["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -133,9 +133,10 @@ def _node_disk(system: System) -> dict[str, int]:
 
 
 async def run_ec(workdir: Path, plan: EcPlan, payloads: PayloadStream, reporter: Reporter,
-                 start: Callable[..., System]) -> list[dict[str, Any]]:
+                 start: Callable[..., System], done_with: Callable[[Path], None] = lambda path: None
+                 ) -> list[dict[str, Any]]:
     """For each k+m profile, a fresh fsync cluster: PUT and GET throughput, bytes on disk per logical byte,
-    and the time to rebuild a wiped node."""
+    and the time to rebuild a wiped node. `done_with` gets each profile's data dir once its cluster stopped."""
     reporter.phase("EC profiles", len(plan.profiles) * 4)
     out: list[dict[str, Any]] = []
     for k, m, nodes, zones in plan.profiles:
@@ -185,4 +186,5 @@ async def run_ec(workdir: Path, plan: EcPlan, payloads: PayloadStream, reporter:
             reporter.step(f"{name}: repaired in {entry['time_to_full_redundancy_s']} s")
         finally:
             await asyncio.to_thread(system.stop)
+            done_with(workdir / f"ec{k}-{m}")
     return out
