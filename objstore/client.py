@@ -17,6 +17,7 @@ import msgpack
 from yarl import URL
 
 from objstore import auth
+from objstore.blobstream import BlobStream, BlobStreams, StreamError
 from objstore.cluster import ClusterMap, NodeInfo
 from objstore.records import KVRecord, ListEntry, ObjectRecord
 
@@ -83,26 +84,27 @@ def _error_for(node: NodeInfo, status: int, body: bytes) -> NodeError:
 
 
 class BlobReader:
-    """An open shard read: exact reads of the streamed body."""
+    """An open shard read: the streamed body, read in order (exactly, into the caller's buffer, or by chunks)."""
 
-    def __init__(self, node: NodeInfo, resp: aiohttp.ClientResponse) -> None:
-        self.node, self.resp = node, resp
+    def __init__(self, node: NodeInfo, body: BlobStream) -> None:
+        self.node, self.body = node, body
 
-    async def read_exactly(self, n: int) -> bytes:
+    async def read_into(self, buf: memoryview) -> None:
+        """Fill `buf` with the next len(buf) bytes; the socket reads into it directly."""
         try:
-            return await self.resp.content.readexactly(n)
-        except asyncio.IncompleteReadError as e:
-            raise NodeUnavailable(self.node.id, 0, f"shard stream ended after {len(e.partial)} of {n} bytes") from None
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise NodeUnavailable(self.node.id, 0, f"{type(e).__name__}: {e}") from None
+            await self.body.read_into(buf)
+        except StreamError as e:
+            raise NodeUnavailable(self.node.id, 0, f"shard stream: {e}") from None
 
-    async def iter_chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async def read_exactly(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        await self.read_into(memoryview(buf))
+        return buf
+
+    async def iter_chunks(self, size: int = 1 << 20) -> AsyncIterator[bytearray]:
         """The rest of the body; a body cut short (the node found damage mid-stream) raises NodeUnavailable."""
-        try:
-            async for chunk in self.resp.content.iter_chunked(size):
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise NodeUnavailable(self.node.id, 0, f"{type(e).__name__}: {e}") from None
+        while self.body.remaining:
+            yield await self.read_exactly(min(size, self.body.remaining))
 
 
 class _Coalescer:
@@ -197,6 +199,8 @@ class NodeClient:
         self.timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
                                              sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._streams: BlobStreams | None = None
+        self._read_timeout, self._connect_timeout = timeout, connect_timeout
         self._batches: dict[tuple[str, str, str], _Coalescer] = {}
 
     def _coalescer(self, node: NodeInfo, path: str) -> _Coalescer:
@@ -221,7 +225,14 @@ class NodeClient:
                                                local_addr=self.local_addr))
         return self._session
 
+    def _blob_streams(self) -> BlobStreams:
+        if self._streams is None:
+            self._streams = BlobStreams(self._read_timeout, self._connect_timeout, self.local_addr)
+        return self._streams
+
     async def close(self) -> None:
+        if self._streams is not None:
+            self._streams.close()
         batches, self._batches = list(self._batches.values()), {}
         for c in batches:
             for task in list(c.tasks):
@@ -236,13 +247,18 @@ class NodeClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _prepare(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None) -> tuple[URL, dict[str, str]]:
+    def _signed(self, method: str, path: str, params: dict[str, Any] | None) -> tuple[str, dict[str, str]]:
+        """(path?query, headers) of a request: signed, and carrying the client request's id."""
         qs = urlencode({k: v for k, v in (params or {}).items() if v is not None}, quote_via=quote)
         path_qs = f"{path}?{qs}" if qs else path
         headers = auth.sign(self.secret, method, path_qs)
         rid = REQUEST_ID.get()
         if rid:
             headers["X-Request-Id"] = rid
+        return path_qs, headers
+
+    def _prepare(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None) -> tuple[URL, dict[str, str]]:
+        path_qs, headers = self._signed(method, path, params)
         return URL(f"{node.url}{path_qs}", encoded=True), headers
 
     async def _call(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
@@ -283,17 +299,15 @@ class NodeClient:
     @asynccontextmanager
     async def open_blob(self, node: NodeInfo, blob: str, shard: int, offset: int = 0,
                         length: int | None = None) -> AsyncIterator[BlobReader]:
-        url, headers = self._prepare(node, "GET", _blob_path(blob, shard), {"offset": offset, "length": length})
+        """A shard's bytes offset..offset+length (to its end if None), through `BlobStreams` (no copies)."""
+        path_qs, headers = self._signed("GET", _blob_path(blob, shard), {"offset": offset, "length": length})
         try:
-            resp = await self._sess().get(url, headers=headers)
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
-        try:
-            if resp.status != 200:
-                raise _error_for(node, resp.status, await resp.read())
-            yield BlobReader(node, resp)
-        finally:
-            resp.release() if resp.content.at_eof() else resp.close()
+            async with self._blob_streams().get(node.address, path_qs, headers) as (status, body):
+                if status != 200:
+                    raise _error_for(node, status, bytes(await body.read_exactly(body.remaining)))
+                yield BlobReader(node, body)
+        except StreamError as e:
+            raise NodeUnavailable(node.id, 0, str(e)) from None
 
     async def delete_blob(self, node: NodeInfo, blob: str, shard: int, force: bool = False) -> bool:
         """Remove a shard file; a blob a record still references is refused (NodeError 409) unless `force`."""

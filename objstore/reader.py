@@ -312,23 +312,36 @@ class PartReader:
         self.open[src.index] = stream
         return stream
 
-    async def stripes(self) -> AsyncIterator[tuple[int, dict[int, bytes]]]:
+    async def stripes(self) -> AsyncIterator[tuple[int, dict[int, bytes | memoryview]]]:
         """At least k verified blocks of every stripe in the range, by shard index."""
+        async for stripe, blocks, _ in self._stripes():
+            yield stripe, blocks
+
+    async def _stripes(self) -> AsyncIterator[tuple[int, dict[int, bytes | memoryview], bytearray]]:
+        """`stripes`, with each stripe's buffer: data blocks read from nodes land in it, block i at i * blen."""
         for _ in range(self.ec.k):
             src = await self._next_candidate()
             if src is None:
                 break
             self._open(src, self.first)
         for stripe in range(self.first, self.last + 1):
-            yield stripe, await self._stripe_blocks(stripe, codec.block_len(self.part.size, self.ec, stripe))
+            blen = codec.block_len(self.part.size, self.ec, stripe)
+            # Held shards (they came with the record) need no buffer: their blocks are joined.
+            streamed = any(s.held is None for s in self.open.values())
+            buf = bytearray(self.ec.k * blen if streamed else 0)
+            yield stripe, await self._stripe_blocks(stripe, blen, buf), buf
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self) -> AsyncIterator[bytes | memoryview]:
         k = self.ec.k
         stripe_start = self.first * self.ec.stripe_size
-        async for stripe, blocks in self.stripes():
+        async for stripe, blocks, buf in self._stripes():
             payload_len = codec.stripe_payload_len(self.part.size, self.ec, stripe)
+            payload: bytes | memoryview
             if all(i in blocks for i in range(k)):
-                payload = b"".join(blocks[i] for i in range(k))[:payload_len]
+                if all(isinstance(b, memoryview) and b.obj is buf for b in (blocks[i] for i in range(k))):
+                    payload = memoryview(buf)[:payload_len]  # the nodes' bytes landed in place
+                else:
+                    payload = b"".join(blocks[i] for i in range(k))[:payload_len]
             else:
                 payload = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self.codec.decode, blocks, payload_len)
@@ -337,11 +350,19 @@ class PartReader:
             yield payload[lo:hi]
             stripe_start += self.ec.stripe_size
 
-    async def _stripe_blocks(self, stripe: int, blen: int) -> dict[int, bytes]:
-        """k verified blocks of one stripe; a shard that errs or lags is replaced by the next candidate."""
+    async def _stripe_blocks(self, stripe: int, blen: int, buf: bytearray) -> dict[int, bytes | memoryview]:
+        """k verified blocks of one stripe; a shard that errs or lags is replaced by the next candidate.
+
+        Data block i read from its node lands in `buf` at i * blen (no copy); parity blocks get their own.
+        """
         k = self.ec.k
-        blocks: dict[int, bytes] = {}
-        pending: dict[asyncio.Task[bytes], int] = {}
+        view = memoryview(buf)
+
+        def slot(idx: int) -> memoryview | None:
+            return view[idx * blen:(idx + 1) * blen] if idx < k and len(buf) else None
+
+        blocks: dict[int, bytes | memoryview] = {}
+        pending: dict[asyncio.Task[bytes | memoryview], int] = {}
         if all(s.held is not None for s in self.open.values()):
             # Shards that came with their records (small objects, prefetched medium ones): no task, no wait.
             for idx, s in list(self.open.items()):
@@ -353,7 +374,7 @@ class PartReader:
                 return blocks
         for idx, s in list(self.open.items()):
             if idx not in blocks:
-                pending[asyncio.ensure_future(s.block(stripe, blen))] = idx
+                pending[asyncio.ensure_future(s.block(stripe, blen, slot(idx)))] = idx
         hedged = False
         try:
             while len(blocks) < k:
@@ -361,7 +382,7 @@ class PartReader:
                     src = await self._next_candidate()
                     if src is None:
                         raise ReadFailed(f"only {len(blocks)} of {k} shards readable for part {self.part.number}")
-                    pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
+                    pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen, slot(src.index)))] = src.index
                     continue
                 timeout = None if hedged else self.view.hedge_delay()
                 done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -372,7 +393,7 @@ class PartReader:
                         src = await self._next_candidate()
                         if src is None:
                             break
-                        pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
+                        pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen, slot(src.index)))] = src.index
                     continue
                 for task in done:
                     idx = pending.pop(task)
@@ -383,7 +404,7 @@ class PartReader:
                         if len(blocks) + len(pending) < k:
                             src = await self._next_candidate()
                             if src is not None:
-                                pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen))] = src.index
+                                pending[asyncio.ensure_future(self._open(src, stripe).block(stripe, blen, slot(src.index)))] = src.index
         finally:
             for task, idx in pending.items():
                 # Laggards lose their place: their stream is now behind, so close it.
@@ -438,7 +459,8 @@ class ShardStream:
         if expected_pos != self._pos:
             raise ReadFailed(f"shard stream at {self._pos}, asked for {expected_pos}")
 
-    async def block(self, stripe: int, blen: int) -> bytes:
+    async def block(self, stripe: int, blen: int, into: memoryview | None = None) -> bytes | memoryview:
+        """The next block (stripe `stripe`, `blen` bytes), verified; read from the node into `into` if given."""
         if self.held is not None:
             return self.held_block(stripe, blen)
         self._check_pos(stripe)
@@ -446,13 +468,15 @@ class ShardStream:
             self._cm = self.client.open_blob(self.src.node, self.src.part.blob, self.src.index,
                                              self.shard_off, self.shard_len)
             self._reader = await self._cm.__aenter__()
-        data = await self._reader.read_exactly(blen)
+        if into is None or len(into) != blen:
+            into = memoryview(bytearray(blen))
+        await self._reader.read_into(into)
         if self._started:
             self.view.record_success(self.src.node, time.monotonic() - self._started)
             self._started = 0.0
-        return self._verified(data, stripe, blen)
+        return self._verified(into, stripe, blen)
 
-    def _verified(self, data: bytes, stripe: int, blen: int) -> bytes:
+    def _verified(self, data: bytes | memoryview, stripe: int, blen: int) -> bytes | memoryview:
         if len(data) != blen:
             raise ReadFailed(f"shard {self.src.index} is short")
         sums = self.src.part.checksums

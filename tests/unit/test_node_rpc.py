@@ -12,16 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import aiohttp
 import msgpack
 import pytest
 import xxhash
 from aiohttp import web
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestServer
 
 from node.server import NODE, WRITE_BATCH, build_app
@@ -123,38 +119,6 @@ def inline_part(data: bytes = b"tiny") -> PartRef:
 
 
 # -- shards ---------------------------------------------------------------------------------------
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.integers(0, 3000), st.lists(st.integers(1, 700), min_size=1, max_size=40),
-       st.lists(st.integers(1, 900), min_size=1, max_size=40))
-def test_blob_reader_reads_exactly_across_any_chunking(size: int, cuts: list[int], reads: list[int]) -> None:
-    """However the body arrives in chunks, exact reads hand back the body in order, and one past the end
-    is a NodeUnavailable naming what arrived."""
-    data = payload(size)  # random bytes: a read that skipped or repeated some could not match by chance
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        content = aiohttp.StreamReader(BaseProtocol(loop), 1 << 20, loop=loop)
-        pos, i = 0, 0
-        while pos < len(data):
-            content.feed_data(data[pos:pos + cuts[i % len(cuts)]])
-            pos, i = pos + cuts[i % len(cuts)], i + 1
-        content.feed_eof()
-        reader = objstore.client.BlobReader(NodeInfo("n1", "127.0.0.1:1", "z1"), SimpleNamespace(content=content))
-        got, at = [], 0
-        for n in reads:
-            if at + n > len(data):
-                with pytest.raises(NodeUnavailable, match=f"after {len(data) - at} of {n} bytes"):
-                    await reader.read_exactly(n)
-                return
-            piece = await reader.read_exactly(n)
-            assert len(piece) == n
-            got.append(bytes(piece))
-            at += n
-        assert b"".join(got) == data[:at]
-
-    asyncio.run(run())
 
 
 async def test_blob_round_trip_checksums_and_ranges(node: Harness) -> None:
