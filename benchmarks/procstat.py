@@ -12,8 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["ProcSampler", "ProcUsage", "cpu_seconds", "memory_bytes", "parse_pids", "pids_from_cluster_file",
-           "self_cpu_seconds"]
+__all__ = ["ProcSampler", "ProcUsage", "cpu_seconds", "machine_cpu_seconds", "memory_bytes", "parse_pids",
+           "pids_from_cluster_file", "self_cpu_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -43,6 +43,15 @@ def memory_bytes(pid: int) -> tuple[int, int] | None:
     except (OSError, ValueError, IndexError):
         return None
     return (rss, hwm) if rss >= 0 and hwm >= 0 else None
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, iowait) CPU seconds of the whole machine since boot, summed over its cores (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    busy = sum(fields[:8]) - idle - iowait  # user nice system idle iowait irq softirq steal (guest is in user)
+    return busy / _TICKS, iowait / _TICKS
 
 
 def self_cpu_seconds() -> float:

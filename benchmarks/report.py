@@ -119,7 +119,7 @@ def plans(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "compare": ComparePlan(sizes=[4096, 1 << 20, 16 << 20], concurrency=[1, 8, 32], big_concurrency=[1, 4],
-                                   seconds=2.0, max_ops=5_000, max_bytes=1 << 30, rounds=1),
+                                   seconds=2.0, max_ops=5_000, max_bytes=1 << 30, rounds=1, settle_seconds=3.0),
             "scale": ScalePlan(checkpoints=[1_000, 10_000], batch=2000, seconds=3.0, budget_s=300.0),
             "repair": RepairPlan(gib=0.125, object_mib=16, client_objects=64, baseline_s=5.0, after_s=3.0,
                                  timeout_s=300.0),

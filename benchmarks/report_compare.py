@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 
 from benchmarks.loadcell import KeySpace
 from benchmarks.loadgen import format_size, preflight, warm_up
-from benchmarks.procstat import cpu_seconds
+from benchmarks.procstat import cpu_seconds, machine_cpu_seconds
 from benchmarks.report_systems import (
     Reporter,
     System,
@@ -25,7 +26,7 @@ from benchmarks.report_systems import (
 )
 from benchmarks.s3load import PayloadStream
 
-__all__ = ["ComparePlan", "by_role", "idle_cpu", "medians", "run_compare"]
+__all__ = ["ComparePlan", "by_role", "idle_cpu", "medians", "run_compare", "settle"]
 
 SMALL = 4096
 PREFIX = "report/"
@@ -57,6 +58,11 @@ class ComparePlan:
     """size -> the concurrency issue #5 sets its targets at; PUT and GET there run `rounds` times (medians)."""
     idle_seconds: float = 5.0  # every store at rest, its CPU sampled
     overhead_objects: dict[int, int] = field(default_factory=lambda: {1 << 20: 128, SMALL: 512})
+    settle_seconds: float = 15.0
+    """Before each cell: dirty pages flushed, then at most this long waiting for the machine to be quiet, so
+    that no cell pays for the writeback or background work of the cell before it (0: neither)."""
+    quiet_cores: float = 0.3
+    """Busy cores (whole machine, over 0.5 s) below which it counts as quiet; every store at rest uses ~0.05."""
 
     def workloads(self, size: int) -> list[str]:
         return self.small_workloads if size == SMALL else ["put", "get"]
@@ -115,6 +121,42 @@ async def measure_overhead(systems: Sequence[System], payloads: PayloadStream, p
     return out
 
 
+async def settle(max_seconds: float, quiet_cores: float, window: float = 0.5) -> float:
+    """Flush dirty pages (a store that does not fsync leaves its writes to the kernel, which writes them back
+    during whatever runs next) and wait until the machine's busy cores fall below `quiet_cores` over `window`
+    seconds, at most `max_seconds` in all. Returns the seconds it took."""
+    if max_seconds <= 0:
+        return 0.0
+    start = time.monotonic()
+    await asyncio.to_thread(os.sync)
+    while time.monotonic() - start < max_seconds:
+        busy = machine_cpu_seconds()[0]
+        await asyncio.sleep(window)
+        if (machine_cpu_seconds()[0] - busy) / window < quiet_cores:
+            break
+    return round(time.monotonic() - start, 2)
+
+
+def store_cpu(systems: Sequence[System]) -> dict[str, float]:
+    """CPU seconds so far of each store's server processes."""
+    return {s.name: sum(cpu_seconds(pid) or 0.0 for pid in s.pids) for s in systems}
+
+
+def machine_share(before: tuple[float, float], after: tuple[float, float], seconds: float,
+                  result: dict[str, Any], stores: dict[str, float] | None = None) -> dict[str, Any]:
+    """The whole machine over one cell, in cores: busy, waiting on I/O, and busy with anything but the store
+    measured and the load generator (the other stores' leftovers, the kernel's writeback, other tenants);
+    `stores`: CPU seconds each of the stores not measured used meanwhile."""
+    busy, iowait = after[0] - before[0], after[1] - before[1]
+    ours = (result.get("server") or {}).get("cpu_seconds") or 0.0
+    other = busy - ours - (result.get("client_cpu_seconds") or 0.0)
+    out: dict[str, Any] = {"busy_cores": round(busy / seconds, 3), "iowait_cores": round(iowait / seconds, 3),
+                           "other_cores": round(max(0.0, other) / seconds, 3)}
+    if stores is not None:
+        out["other_stores_cores"] = {name: round(used / seconds, 3) for name, used in stores.items()}
+    return out
+
+
 async def idle_cpu(systems: Sequence[System], seconds: float) -> dict[str, float]:
     """CPU cores each store burns while nobody sends it a request (heartbeats, background loops), all
     sampled over the same `seconds`: what it takes from the 2 cores the others are measured on."""
@@ -168,12 +210,19 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
                 max_ops = plan.max_ops
                 if workload in plan.bytes_bound:
                     max_ops = min(max_ops, max(1, plan.max_bytes // size))
+                settled = await settle(plan.settle_seconds, plan.quiet_cores)
+                others = [s for s in systems if s is not system]
+                before, stores_before, began = machine_cpu_seconds(), store_cpu(others), time.monotonic()
                 result, samples = await measure(system, payloads, keys, workload, concurrency, max_ops=max_ops,
                                                 max_seconds=plan.seconds, seed=seed + turn)
+                measured = result.to_json()
+                stores = {name: used - stores_before[name] for name, used in store_cpu(others).items()}
+                machine = machine_share(before, machine_cpu_seconds(), time.monotonic() - began, measured, stores)
                 every = [lat for lats in samples.values() for lat in lats]
                 rows.append({"system": system.name, "workload": workload, "size": size, "concurrency": concurrency,
                              "round": round_, "position": position, "refill_failed": refill_failed,
-                             "result": by_role(result.to_json(), system.roles), "cdf_ms": cdf_points(every)})
+                             "settle_s": settled, "machine": machine,
+                             "result": by_role(measured, system.roles), "cdf_ms": cdf_points(every)})
                 reporter.step(f"{workload} {format_size(size)} x{concurrency} on {system.name}: "
                               f"{result.ops_per_s:,.0f} ops/s, {result.mb_per_s:,.1f} MB/s")
                 if result.errors:

@@ -185,6 +185,16 @@ def _compare(data: dict[str, Any]) -> str:
                    "counts the run's own processes too (4 stores' worth of servers, up to 32 requests in flight, the "
                    "generator), so it is above the core count by design; any other work on the machine hit every "
                    "store alike, since the stores took turns cell by cell.\n")
+    settled = sorted(r["settle_s"] for r in rows if "settle_s" in r)
+    others = sorted(r["machine"]["other_cores"] for r in rows if "machine" in r)
+    if settled and others:
+        out.append(f"Before each cell the run flushed dirty pages (`sync`) and waited for the machine to fall below "
+                   f"{plan.get('quiet_cores', 0.3):g} busy cores, at most {plan.get('settle_seconds', 15):g} s "
+                   f"(median wait {settled[len(settled) // 2]:.1f} s, longest {settled[-1]:.1f} s), so that no cell "
+                   "paid for the writeback or background work of the one before. During the cells, work other than "
+                   "the store measured and the generator (other stores' leftovers, the kernel's writeback, other "
+                   f"tenants) took a median of {others[len(others) // 2]:.2f} cores, at most {others[-1]:.2f}; "
+                   "report.json has it per cell (`machine`).\n")
     errors = [r for r in rows if r["result"]["errors"]]
     if errors:
         out.append("### Errors\n\n" + _table(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from benchmarks.report_compare import ComparePlan
+import subprocess
+import sys
+import time
+
+from benchmarks.report_compare import ComparePlan, machine_share, settle
 from benchmarks.report_md import _targets
 
 MIB = 1 << 20
@@ -31,3 +35,24 @@ def test_the_targets_table_gives_each_ratio_and_whether_it_is_met() -> None:
     assert rows["GET 4 KiB x32"].endswith("| - | >= 1x | - |")  # not measured: no verdict
     assert "16 MiB" not in " ".join(rows)  # not in the plan's sizes
     assert _targets(plan, med, ["swift"]) == ""  # no SeaweedFS, no targets table
+
+
+def test_machine_share_leaves_out_the_store_measured_and_the_generator() -> None:
+    result = {"server": {"cpu_seconds": 4.0}, "client_cpu_seconds": 1.0}
+    share = machine_share((100.0, 7.0), (107.0, 8.0), 5.0, result)
+    assert share == {"busy_cores": 1.4, "iowait_cores": 0.2, "other_cores": 0.4}
+    assert machine_share((0.0, 0.0), (1.0, 0.0), 2.0, result)["other_cores"] == 0.0  # never below zero
+
+
+async def test_settle_waits_for_a_busy_machine_but_not_past_its_bound() -> None:
+    assert await settle(0, 0.3) == 0.0
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 10: pass"])
+    try:
+        time.sleep(0.3)
+        waited = await settle(1.5, quiet_cores=0.5)
+        assert 1.4 <= waited < 3.0  # a core spinning: busy all along, so it gives up at its bound
+    finally:
+        spin.kill()
+        spin.wait()
+    waited = await settle(10.0, quiet_cores=1.5)  # one core at most is busy now, and that is quiet enough
+    assert waited < 3.0
