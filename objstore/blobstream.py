@@ -230,6 +230,7 @@ class BlobStreams:
     def __init__(self, timeout: float, connect_timeout: float, local_addr: tuple[str, int] | None) -> None:
         self.timeout, self.connect_timeout, self.local_addr = timeout, connect_timeout, local_addr
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._closed = False
 
     async def _connect(self, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -275,7 +276,7 @@ class BlobStreams:
         try:
             yield conn.status, stream
         finally:
-            if conn.reusable:
+            if conn.reusable and not self._closed:
                 conn.park()
                 pool = self._idle.setdefault(addr, deque())
                 pool.append(conn)
@@ -285,6 +286,8 @@ class BlobStreams:
                 conn.close()
 
     def close(self) -> None:
+        """Close the idle connections; those in use close when their reads end."""
+        self._closed = True
         for pool in self._idle.values():
             for conn in pool:
                 conn.close()

@@ -233,6 +233,7 @@ class NodeClient:
     async def close(self) -> None:
         if self._streams is not None:
             self._streams.close()
+            self._streams = None
         batches, self._batches = list(self._batches.values()), {}
         for c in batches:
             for task in list(c.tasks):

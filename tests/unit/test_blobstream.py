@@ -303,3 +303,16 @@ async def test_an_unreachable_node_is_a_stream_error() -> None:
     with pytest.raises(StreamError, match="connect to"):
         async with pool.get(address, "/blob/x/0", {}):
             pass
+
+
+async def test_a_read_that_ends_after_close_does_not_go_back_to_the_pool() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(response(b"abc"))
+        await writer.drain()
+
+    async with Server(script) as server:
+        pool = streams()
+        async with pool.get(server.address, "/blob/x/0", {}) as (_, body):
+            pool.close()  # the gateway shuts down while a read is under way
+            assert await body.read_exactly(3) == b"abc"
+        assert not any(pool._idle.values())
