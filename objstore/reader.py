@@ -11,9 +11,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp.helpers
 
 from objstore import codec
+from objstore.blobstream import HEAD_MAX
 from objstore.client import NodeClient, NodeError
 from objstore.cluster import ECProfile, NodeInfo
 from objstore.quorum import Background, QuorumError, quorum
@@ -30,9 +30,9 @@ PREFETCH_SHARD_MAX = 1 << 20
 """A GET asks the owners for the bytes of shards up to this size with their records (one call per holder
 instead of a record call and a shard stream): at 4+2, objects up to 4 MiB."""
 
-STREAM_READAHEAD = 2 * getattr(aiohttp.helpers, "DEFAULT_CHUNK_SIZE", 2**16) + 256 * 1024
-"""Bytes one open shard stream may hold unread: aiohttp stops reading the socket past twice its read buffer (256 KiB
-in aiohttp 3.14), and the read that crosses that line brings up to 256 KiB (asyncio's largest recv)."""
+STREAM_READAHEAD = HEAD_MAX
+"""Bytes one open shard stream may hold unread: its connection's head buffer, and the body bytes that came in
+with the head (`objstore.blobstream`). The rest of the body waits in the kernel until a block's buffer takes it."""
 
 
 def read_buffer_bytes(rec: ObjectRecord, offset: int, length: int) -> int:
