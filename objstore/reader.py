@@ -11,7 +11,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from objstore import codec
 from objstore.blobstream import HEAD_MAX
 from objstore.client import NodeClient, NodeError
