@@ -26,7 +26,7 @@ from benchmarks.report_systems import (
 )
 from benchmarks.s3load import PayloadStream
 
-__all__ = ["ComparePlan", "by_role", "idle_cpu", "medians", "run_compare", "settle"]
+__all__ = ["ComparePlan", "by_role", "idle_cpu", "machine_share", "medians", "run_compare", "settle", "store_cpu"]
 
 SMALL = 4096
 PREFIX = "report/"
@@ -160,10 +160,10 @@ def machine_share(before: tuple[float, float], after: tuple[float, float], secon
 async def idle_cpu(systems: Sequence[System], seconds: float) -> dict[str, float]:
     """CPU cores each store burns while nobody sends it a request (heartbeats, background loops), all
     sampled over the same `seconds`: what it takes from the 2 cores the others are measured on."""
-    before = {s.name: [cpu_seconds(pid) or 0.0 for pid in s.pids] for s in systems}
+    before = store_cpu(systems)
     await asyncio.sleep(seconds)
-    after = {s.name: [cpu_seconds(pid) or 0.0 for pid in s.pids] for s in systems}
-    return {name: round((sum(after[name]) - sum(before[name])) / seconds, 3) for name in before}
+    after = store_cpu(systems)
+    return {name: round((after[name] - before[name]) / seconds, 3) for name in before}
 
 
 def by_role(result: dict[str, Any], roles: dict[int, str]) -> dict[str, Any]:
