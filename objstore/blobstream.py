@@ -186,7 +186,8 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 class BlobStream:
-    """The body of one blob GET (status 200), read in order into buffers the caller owns."""
+    """The body of one blob GET (a shard's bytes, or an error's message), read in order into buffers the caller
+    owns; `objstore.client.BlobReader` wraps it for the readers."""
 
     def __init__(self, conn: _Connection, timeout: float) -> None:
         self._conn, self._timeout = conn, timeout
@@ -218,10 +219,6 @@ class BlobStream:
         buf = bytearray(n)
         await self.read_into(memoryview(buf))
         return buf
-
-    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytearray]:
-        while self.remaining:
-            yield await self.read_exactly(min(size, self.remaining))
 
 
 class BlobStreams:
