@@ -24,6 +24,7 @@ from node.shards import BlobRow, ShardReader, ShardUpload
 from node.store import BlobMissing, BlobReferenced, CorruptShard, DiskFull, Store
 from objstore import auth
 from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
+from objstore.codec import codec_backend
 from objstore.config import NodeConfig
 from objstore.logs import setup_logging
 from objstore.records import KVRecord, ObjectRecord, PartRef, RecordError
@@ -709,7 +710,8 @@ def run(cfg: NodeConfig) -> int:
         await runner.setup()
         try:
             await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-            log.info("node %s listening on %s", cfg.id, cfg.listen, extra={"listen": cfg.listen})
+            log.info("node %s listening on %s (erasure code: %s)", cfg.id, cfg.listen, codec_backend(),
+                     extra={"listen": cfg.listen})
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, node.stopping.set)
