@@ -1,4 +1,5 @@
-"""Shard bodies read straight into the caller's buffers: a small HTTP/1.1 client for the node's blob GET.
+"""Shard bodies read straight into the caller's buffers: a small HTTP/1.1 client for the node's blob GET
+and its batched record calls.
 
 aiohttp hands a response body out as new bytes objects: the event loop copies what the socket gave it,
 its parser copies the body out of that, and the reader joined those pieces into blocks and the blocks into
@@ -6,9 +7,13 @@ stripes. A 16 MiB GET so copied every byte four times in the gateway, a third of
 reads into the caller's buffer itself (`asyncio.BufferedProtocol`), so the kernel's copy is the only one:
 `BlobStream.read_into` fills a slice of the stripe the gateway sends on.
 
-Only what the node's blob route answers is understood: HTTP/1.1 with a Content-Length body. Every other
-RPC stays on aiohttp. Connections are kept alive and reused per node; a body not read to its end closes
-its connection.
+The batched record calls (`POST /records`, `/records/get`, `/records/delete`) come here too: a small
+GET's gateway CPU went more into aiohttp's client machinery (request and response objects, timers,
+the copies of its parser) than into anything else, and these calls carry every small object.
+
+Only what the node answers is understood: HTTP/1.1 with a Content-Length body. Other RPCs (streamed
+shard uploads among them) stay on aiohttp. Connections are kept alive and reused per node; a body not
+read to its end closes its connection.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import cast
 
 __all__ = ["BlobStream", "BlobStreams", "StreamError"]
@@ -161,11 +166,11 @@ class _Connection(asyncio.BufferedProtocol):
         finally:
             self.waiter = None
 
-    def start(self, request: bytes) -> None:
+    def start(self, request: tuple[bytes, ...]) -> None:
         if self.transport is None:
             raise StreamError("connection closed")
         self.head_len, self.in_head, self.status, self.spill = 0, True, 0, memoryview(b"")
-        self.transport.write(request)
+        self.transport.writelines(request)
 
     @property
     def reusable(self) -> bool:
@@ -245,13 +250,23 @@ class BlobStreams:
             conn.close()
         return None
 
-    @asynccontextmanager
-    async def get(self, address: str, path_qs: str, headers: dict[str, str]) -> AsyncIterator[tuple[int, BlobStream]]:
+    def get(self, address: str, path_qs: str,
+            headers: dict[str, str]) -> AbstractAsyncContextManager[tuple[int, BlobStream]]:
         """(status, body) of `GET path_qs` from the node at "host:port"; StreamError if no response head came."""
+        return self.request("GET", address, path_qs, headers)
+
+    @asynccontextmanager
+    async def request(self, method: str, address: str, path_qs: str, headers: dict[str, str],
+                      body: bytes = b"") -> AsyncIterator[tuple[int, BlobStream]]:
+        """(status, body) of `method path_qs` with `body` to the node at "host:port"; StreamError if no
+        response head came. A request the node's RPC does not make idempotent must not come here: one sent
+        on a pooled connection that the node dropped unanswered is sent again on a new one."""
         host, _, port = address.rpartition(":")
         addr = (host.strip("[]"), int(port))
-        request = "".join([f"GET {path_qs} HTTP/1.1\r\nHost: {address}\r\n",
-                           *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode("latin-1")
+        sized = f"Content-Length: {len(body)}\r\n" if body or method != "GET" else ""
+        head = "".join([f"{method} {path_qs} HTTP/1.1\r\nHost: {address}\r\n{sized}",
+                        *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode("latin-1")
+        request = (head, body) if body else (head,)
         conn = self._pooled(addr)
         if conn is not None:
             try:

@@ -208,7 +208,7 @@ class NodeClient:
         c = self._batches.get(key)
         if c is None:
             async def send(calls: list[Any]) -> list[Any]:
-                answers = await self._unpack(node, "POST", path, data=msgpack.packb(calls, use_bin_type=True))
+                answers = await self._post(node, path, msgpack.packb(calls, use_bin_type=True))
                 if not isinstance(answers, list) or len(answers) != len(calls):
                     raise NodeError(node.id, 0, f"batch of {len(calls)} calls answered with {answers!r:.80}")
                 return [result if status == 200 else
@@ -275,6 +275,19 @@ class NodeClient:
                 return body
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
+
+    async def _post(self, node: NodeInfo, path: str, body: bytes) -> Any:
+        """POST a msgpack body and unpack the answer, through `BlobStreams` (for the batched record calls:
+        aiohttp's client machinery cost more than the rest of a small GET in the gateway)."""
+        path_qs, headers = self._signed("POST", path, None)
+        try:
+            async with self._blob_streams().request("POST", node.address, path_qs, headers, body) as (status, answer):
+                data = await answer.read_exactly(answer.remaining)
+        except StreamError as e:
+            raise NodeUnavailable(node.id, 0, str(e)) from None
+        if status >= 300:
+            raise _error_for(node, status, bytes(data))
+        return msgpack.unpackb(data, raw=False)
 
     async def _unpack(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
                       data: Any = None) -> Any:

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -317,3 +318,50 @@ async def test_a_read_that_ends_after_close_does_not_go_back_to_the_pool() -> No
             pool.close()  # the gateway shuts down while a read is under way
             assert await body.read_exactly(3) == b"abc"
         assert not any(pool._idle.values())
+
+
+async def test_a_post_sends_its_body_sized_and_reuses_the_connection() -> None:
+    """Batched record calls: the body goes with its Content-Length; the connection serves the next call."""
+    received: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        head = server.requests[-1].decode("latin-1").lower()
+        length = int(head.split("content-length:")[1].split("\r\n")[0])
+        received.append(await reader.readexactly(length))
+        writer.write(response(b"answer %d" % n))
+
+    async with Server(script) as server:
+        pool = streams()
+        bodies = [os.urandom(100_000), b"\x91\x01", os.urandom(3)]
+        for i, data in enumerate(bodies):
+            async with pool.request("POST", server.address, "/records/get?shard_max=1", {"X-A": "b"},
+                                    data) as (status, answer):
+                assert (status, bytes(await answer.read_exactly(answer.remaining))) == (200, b"answer %d" % i)
+        pool.close()
+    assert received == bodies
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"POST /records/get?shard_max=1 HTTP/1.1\r\n")
+
+
+async def test_node_client_batches_go_through_the_pool_and_map_errors() -> None:
+    """NodeClient._post: a 2xx answer is unpacked, another is the NodeError the node's message names."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        head = server.requests[-1].decode("latin-1").lower()
+        await reader.readexactly(int(head.split("content-length:")[1].split("\r\n")[0]))
+        if n == 0:
+            writer.write(response(msgpack.packb([[200, {"ok": True}]])))
+        else:
+            writer.write(response(msgpack.packb({"code": "bad_request", "message": "no"}), status=400))
+
+    async with Server(script) as server:
+        client = objstore.client.NodeClient("secret")
+        node = NodeInfo("n1", server.address, "z1")
+        try:
+            assert await client._post(node, "/records", msgpack.packb([b"r"])) == [[200, {"ok": True}]]
+            with pytest.raises(objstore.client.NodeError) as e:
+                await client._post(node, "/records", msgpack.packb([b"r"]))
+            assert (e.value.status, e.value.code) == (400, "bad_request")
+        finally:
+            await client.close()
+    assert server.connections == 1

@@ -321,15 +321,14 @@ async def test_a_record_lookup_can_bring_its_small_shard(node: Harness) -> None:
 def batches_sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The bodies of the batched record writes (`POST /records`) the NodeClient sends from now on."""
     bodies: list[bytes] = []
-    send = NodeClient._unpack
+    send = NodeClient._post
 
-    async def recording(self: NodeClient, n: NodeInfo, method: str, path: str, params: object = None,
-                        data: object = None) -> object:
-        if path == "/records" and isinstance(data, bytes):
-            bodies.append(data)
-        return await send(self, n, method, path, params, data)
+    async def recording(self: NodeClient, n: NodeInfo, path: str, body: bytes) -> object:
+        if path == "/records":
+            bodies.append(body)
+        return await send(self, n, path, body)
 
-    monkeypatch.setattr(NodeClient, "_unpack", recording)
+    monkeypatch.setattr(NodeClient, "_post", recording)
     return bodies
 
 
