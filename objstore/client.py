@@ -279,9 +279,14 @@ class NodeClient:
     async def _post(self, node: NodeInfo, path: str, body: bytes) -> Any:
         """POST a msgpack body and unpack the answer, through `BlobStreams` (for the batched record calls:
         aiohttp's client machinery cost more than the rest of a small GET in the gateway)."""
-        path_qs, headers = self._signed("POST", path, None)
+        return await self._send(node, "POST", path, None, body)
+
+    async def _send(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None,
+                    body: bytes) -> Any:
+        """`method` with a body in memory, through `BlobStreams`; the answer unpacked (msgpack)."""
+        path_qs, headers = self._signed(method, path, params)
         try:
-            async with self._blob_streams().request("POST", node.address, path_qs, headers, body) as (status, answer):
+            async with self._blob_streams().request(method, node.address, path_qs, headers, body) as (status, answer):
                 data = await answer.read_exactly(answer.remaining)
         except StreamError as e:
             raise NodeUnavailable(node.id, 0, str(e)) from None
@@ -305,9 +310,15 @@ class NodeClient:
 
     async def put_blob(self, node: NodeInfo, blob: str, shard: int, partition: int, block_size: int,
                        body: AsyncIterable[bytes] | bytes) -> list[int]:
-        """Stream one shard to a node; returns the block checksums the node computed as it wrote."""
-        result = await self._unpack(node, "PUT", _blob_path(blob, shard),
-                                    {"partition": partition, "block_size": block_size}, body)
+        """Stream one shard to a node; returns the block checksums the node computed as it wrote.
+
+        A shard in memory (bytes) goes as one sized body through `BlobStreams`, a stream through aiohttp.
+        """
+        params = {"partition": partition, "block_size": block_size}
+        if isinstance(body, bytes):
+            result = await self._send(node, "PUT", _blob_path(blob, shard), params, body)
+        else:
+            result = await self._unpack(node, "PUT", _blob_path(blob, shard), params, body)
         return list(result["checksums"])
 
     @asynccontextmanager

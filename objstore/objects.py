@@ -146,12 +146,15 @@ class ObjectIO(ObjectReader):
         """Stream `source` into k+m shards on the partition's owners (or handoffs).
 
         Small payloads (every shard <= INLINE_MAX_SHARD) are not uploaded: their shards come back inline,
-        for the caller to put into the records.
+        for the caller to put into the records. Payloads of one stripe at most are encoded whole and each
+        shard is sent as one body; larger ones stream, stripe by stripe.
         """
         ec = ring.ec
-        head, rest = await _peek(source, ec.k * INLINE_MAX_SHARD + 1)
-        if rest is None:
+        head, rest = await _peek(source, max(ec.k * INLINE_MAX_SHARD, ec.stripe_size) + 1)
+        if rest is None and len(head) <= ec.k * INLINE_MAX_SHARD:
             return await self._inline_blob(ring, partition, blob, head, on_payload)
+        if rest is None:
+            return await self._buffered_blob(ring, partition, blob, head, on_payload)
         # Only the chain may hold the head: it lets go of it once yielded, this frame would not.
         chained, head = _chain([head], rest), b""
         return await self._streamed_blob(ring, partition, blob, chained, on_payload)
@@ -179,6 +182,44 @@ class ObjectIO(ObjectReader):
             data = bytes(shards[i])
             out.shards.append(ShardWrite(i, node, codec.shard_checksums(data, ec.block_size), False, data))
         return out
+
+    async def _buffered_blob(self, ring: Ring, partition: int, blob: str, payload: bytes,
+                             on_payload: Callable[[bytes], None] | None) -> BlobWrite:
+        """A payload of one stripe at most, whole in memory: each shard goes as one sized body.
+
+        Cheaper than a streamed upload for the gateway and the node (no chunked framing, no queue per
+        shard, one write each way), and a shard whose upload fails can be sent whole to a spare.
+        """
+        ec = ring.ec
+        owners, spares = self._targets(ring, partition)
+        last_resort = self._short_of_nodes(ec, owners, spares)
+        stripe_codec = codec.codec_for(ec)
+
+        def encode() -> tuple[list[bytes], list[list[int]]]:
+            if on_payload:
+                on_payload(payload)
+            blocks = stripe_codec.encode(payload)
+            return blocks, [codec.shard_checksums(b, ec.block_size) for b in blocks]
+
+        shards, expected = await asyncio.get_running_loop().run_in_executor(self.executor, encode)
+
+        async def upload(i: int) -> ShardWrite:
+            async def attempt(node: NodeInfo) -> list[int]:
+                sums = await self.client.put_blob(node, blob, i, partition, ec.block_size, shards[i])
+                if sums != expected[i]:
+                    raise WriteFailed(f"shard {i} checksums from {node.id} differ from what was sent")
+                return sums
+            node, sums, handoff = await self._with_handoff(i, owners[i], spares, attempt, last_resort)
+            return ShardWrite(i, node, sums, handoff)
+
+        # A shard upload that has not answered well after k+1 others did (a silent node) is cut off.
+        results = await settle([asyncio.ensure_future(upload(i)) for i in range(ec.width)],
+                               lambda done: len(done) >= min(ec.width, ec.k + 1))
+        written = [r for r in results if isinstance(r, ShardWrite)]
+        if len(written) < min(ec.width, ec.k + 1):
+            self._discard(written, blob)
+            raise WriteFailed(f"{len(written)} of {ec.width} shards durable, need {ec.k + 1}")
+        return BlobWrite(blob, len(payload), ec, written)
 
     async def _streamed_blob(self, ring: Ring, partition: int, blob: str, source: AsyncIterable[bytes],
                              on_payload: Callable[[bytes], None] | None) -> BlobWrite:

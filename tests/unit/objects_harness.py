@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ class CountingClient(NodeClient):
 
     async def _call(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
                     data: Any = None, ok404: bool = False) -> bytes | None:
-        if path.partition("?")[0] not in BATCHED:
+        if path.partition("?")[0] not in BATCHED and not (method == "PUT" and path.startswith("/blob/")):
             await self._count(node, f"{method} {path}")
         return await super()._call(node, method, path, params, data, ok404)
 
@@ -58,6 +58,11 @@ class CountingClient(NodeClient):
         self.by_node[(node.id, call)] += 1
         if node.id in self.delays:
             await asyncio.sleep(self.delays[node.id])
+
+    async def put_blob(self, node: NodeInfo, blob: str, shard: int, partition: int, block_size: int,
+                       body: AsyncIterable[bytes] | bytes) -> list[int]:
+        await self._count(node, "PUT /blob" if isinstance(body, bytes) else "PUT /blob (streamed)")
+        return await super().put_blob(node, blob, shard, partition, block_size, body)
 
     async def put_record(self, node: NodeInfo, rec: ObjectRecord) -> list[str] | None:
         await self._count(node, "PUT /record")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import node.server
+import objstore.objects
 import objstore.reader
 from objstore.cluster import NodeInfo
 from objstore.objects import WriteFailed
@@ -106,6 +107,55 @@ async def test_owners_out_of_rotation_are_still_asked_when_a_write_needs_them(cl
     with pytest.raises(WriteFailed):
         await put(cluster, "gone", data)
     assert await read(cluster, "gone") is None
+
+
+async def test_an_object_of_one_stripe_sends_each_shard_whole(cluster: MiniCluster,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the inline size and within one stripe, each shard goes as one sized body; above, streamed."""
+    monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1024)  # inline up to 4 KiB; a stripe is 16 KiB
+    for size, form in ((EC.stripe_size, "PUT /blob"), (EC.k * 1024 + 1, "PUT /blob"),
+                       (EC.stripe_size + 1, "PUT /blob (streamed)")):
+        cluster.client.calls.clear()
+        data = payload(size, size)
+        await put(cluster, f"s{size}", data)
+        assert dict(cluster.client.calls) == {form: 6, "PUT /record": 6}, size
+        assert await read(cluster, f"s{size}") == data
+
+
+async def test_a_whole_shard_whose_owner_fails_goes_to_a_spare(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1024)
+    cluster = await start_cluster(tmp_path, count=8)  # two nodes past the six owners
+    try:
+        data = payload(EC.stripe_size - 7, 9)
+        down = cluster.owners("spare")[1]
+        await next(s for s in cluster.servers if s.port == int(down.address.rsplit(":", 1)[1])).close()
+        await put(cluster, "spare", data)
+        held = [recs[0] for n in cluster.nodes if n.id != down.id
+                for recs in [cluster.store(n.id).get_record(BUCKET, "spare")] if recs]
+        assert sorted(r.shard for r in held) == list(range(6))
+        assert [r.shard for r in held if r.handoff] == [1]
+        assert await read(cluster, "spare") == data
+    finally:
+        await cluster.close()
+
+
+async def test_a_shard_the_node_stored_otherwise_fails_the_write(cluster: MiniCluster,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's checksums of a whole shard are checked against the gateway's, as a streamed one's are."""
+    monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1024)
+    real = CountingClient.put_blob
+
+    async def corrupting(self: CountingClient, node: NodeInfo, blob: str, shard: int, partition: int,
+                         block_size: int, body: object) -> list[int]:
+        if isinstance(body, bytes) and shard < 2:
+            body = bytes([body[0] ^ 1]) + body[1:]
+        return await real(self, node, blob, shard, partition, block_size, body)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CountingClient, "put_blob", corrupting)
+    with pytest.raises(WriteFailed, match="4 of 6 shards durable"):
+        await put(cluster, "bad", payload(EC.stripe_size, 4))
+    assert await read(cluster, "bad") is None
 
 
 # -- finding and reading --------------------------------------------------------------------------
