@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _open() -> ctypes.CDLL | None:
             lib.ec_encode_data.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                                            ctypes.c_void_p, ctypes.c_void_p)
             lib.ec_encode_data.restype = None
-            lib.gf_invert_matrix.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int)
+            lib.gf_invert_matrix.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
             lib.gf_invert_matrix.restype = ctypes.c_int
             lib.gf_mul.argtypes = (ctypes.c_ubyte, ctypes.c_ubyte)
             lib.gf_mul.restype = ctypes.c_ubyte
@@ -131,6 +132,7 @@ class Coder:
         self._generator = [[int(i == j) for j in range(k)] for i in range(k)] + [list(r) for r in parity_rows]
         self._parity = Matrix(lib, k, parity_rows)
         self._cache: dict[tuple[tuple[int, ...], tuple[int, ...]], Matrix] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def like(cls, k: int, width: int, zfec_encode: Callable[[list[bytes]], list[bytes]]) -> Coder | None:
@@ -173,16 +175,18 @@ class Coder:
         matrix = self._cache.get((chosen, wanted))
         if matrix is None:
             matrix = self._decoder(chosen, wanted)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[(chosen, wanted)] = matrix
+            with self._lock:  # the threads of a pool share the cache
+                if len(self._cache) >= _CACHE_MAX:
+                    del self._cache[next(iter(self._cache))]
+                self._cache[(chosen, wanted)] = matrix
         return dict(zip(wanted, matrix.apply([blocks[i] for i in chosen]), strict=True))
 
     def _decoder(self, chosen: tuple[int, ...], wanted: tuple[int, ...]) -> Matrix:
         # Block i is generator row i times the data blocks, so the data are inverse(G[chosen]) times
         # the chosen blocks, and block w is G[w] times that inverse times them.
         k, mul = self.k, self._lib.gf_mul
-        square = bytes(c for i in chosen for c in self._generator[i])
+        # gf_invert_matrix works in place on its input: a buffer of our own, never a bytes object.
+        square = ctypes.create_string_buffer(bytes(c for i in chosen for c in self._generator[i]), k * k)
         inverse = ctypes.create_string_buffer(k * k)
         if self._lib.gf_invert_matrix(square, inverse, k) != 0:
             raise ValueError(f"blocks {list(chosen)} do not determine the stripe")

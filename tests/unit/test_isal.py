@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zfec
@@ -108,3 +109,23 @@ def test_rejects_what_cannot_be_decoded() -> None:
         coder.rows({0: b"x" * 64, 5: b"y" * 64}, [1])
     with pytest.raises(ValueError, match="differ in length"):
         coder.parity([b"a" * 64, b"b" * 64, b"c" * 64, b"d" * 63])
+
+
+def test_one_coder_serves_a_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads decoding different patterns at once, with the matrix cache full and turning over."""
+    monkeypatch.setattr(isal, "_CACHE_MAX", 3)
+    enc, coder = zfec_coder(4, 7)
+    rng = random.Random(3)
+    blocks = enc.encode([rng.randbytes(ISAL_MIN_BLOCK) for _ in range(4)])
+    patterns = list(itertools.combinations(range(7), 4))
+
+    def work(seed: int) -> int:
+        r = random.Random(seed)
+        for _ in range(60):
+            present = r.choice(patterns)
+            want = [w for w in range(7) if w not in present]
+            assert coder.rows({i: blocks[i] for i in present}, want) == {w: blocks[w] for w in want}
+        return seed
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(work, range(8))) == list(range(8))
