@@ -13,7 +13,7 @@ __all__ = ["write_markdown"]
 
 DIFFERENCES = """| | objstore | SeaweedFS | SeaweedFS fsync | Swift |
 |---|---|---|---|---|
-| redundancy | EC 4+2 (zfec) over 6 node processes, 3 zones | 2 full copies (`001`) over 3 volume servers | same | EC 4+2 (ISA-L) over 6 devices of one object server |
+| redundancy | EC 4+2 (zfec's code; ISA-L does the arithmetic where found, see the objstore note below) over 6 node processes, 3 zones | 2 full copies (`001`) over 3 volume servers | same | EC 4+2 (ISA-L) over 6 devices of one object server |
 | storage overhead (nominal) | 1.5x | 2.0x | 2.0x | 1.5x |
 | losses survived | 2 nodes | 1 volume server | 1 volume server | 2 devices (one server process) |
 | data fsync before the answer | yes | **no** (page cache) | yes (`fs.configure -fsync`) | yes (fragments, dirs, `.durable`) |

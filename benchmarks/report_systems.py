@@ -19,6 +19,7 @@ from benchmarks.loadcell import CellResult, KeySpace, run_cell
 from benchmarks.peers import Peer
 from benchmarks.procstat import memory_bytes
 from benchmarks.s3load import OpError, PayloadStream, S3LoadClient, S3Target
+from objstore.codec import codec_backend
 from tests.cluster import DevCluster, start_dev_cluster
 
 __all__ = ["Reporter", "System", "TimedClient", "cdf_points", "delete_all", "disk_bytes", "fill", "measure", "new_session",
@@ -109,7 +110,8 @@ def start_objstore(workdir: Path, *, name: str = "objstore", bucket: str = "benc
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = start_dev_cluster(workdir, nodes=nodes, zones=zones, k=k, m=m, fsync=fsync, down_after=down_after,
                                 node_settings=node_settings)
-    notes = (f"EC {k}+{m} (zfec) over {nodes} nodes in {zones} zones: storage overhead {(k + m) / k:.2f}x; "
+    code = "zfec's code, ISA-L's arithmetic" if codec_backend() == "isa-l" else "zfec"
+    notes = (f"EC {k}+{m} ({code}) over {nodes} nodes in {zones} zones: storage overhead {(k + m) / k:.2f}x; "
              f"{'fsync of shards and records before the answer' if fsync else 'no fsync'}; "
              "metadata: replicated records in SQLite on the nodes")
     target = S3Target(cluster.endpoint, bucket, cluster.access_key, cluster.secret_key, cluster.region)
