@@ -39,6 +39,7 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 ENV_VARS = {"OBJSTORE_SECRET", "OBJSTORE_ACCESS_KEY", "OBJSTORE_SECRET_KEY"}
+SWITCHES = {"OBJSTORE_ISAL"}  # read by objstore/isal.py, not by the configuration
 # Every kind of file the kits hold; a new kind must come with checks of its own.
 FILE_KINDS = (".toml", ".json", ".yml", ".yaml", ".service", ".env", ".env.example", "Dockerfile", ".dockerignore",
               ".gitignore")
@@ -588,9 +589,11 @@ def test_configuration_doc_lists_every_map_field_with_the_parsers_default(cls: t
 
 
 def test_configuration_doc_names_every_environment_variable() -> None:
+    """The reference lists what the configuration reads and the process-wide switches (the erasure code's
+    backend), no more and no less."""
     documented = set(re.findall(r"`(OBJSTORE_[A-Z_]+)`", CONFIG_DOC.read_text()))
-    source = (ROOT / "objstore" / "config.py").read_text()
-    assert documented == ENV_VARS == set(re.findall(r"\"(OBJSTORE_[A-Z_]+)\"", source))
+    source = "".join((ROOT / "objstore" / name).read_text() for name in ("config.py", "isal.py"))
+    assert documented == ENV_VARS | SWITCHES == set(re.findall(r"\"(OBJSTORE_[A-Z_]+)\"", source))
 
 
 # ---------------------------------------------------------------------------
