@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from objstore.client import REQUEST_ID, NodeClient
-from objstore.codec import codec_backend
+from objstore.codec import codec_summary
 from objstore.cluster import ClusterMap
 from objstore.config import GatewayConfig, User
 from objstore.kv import ReplicatedKV
@@ -399,7 +399,7 @@ def run(cfg: GatewayConfig) -> None:
         await runner.setup()
         site = web.TCPSite(runner, host, int(port), reuse_address=True)
         await site.start()
-        log.info("gateway listening on %s (erasure code: %s)", cfg.listen, codec_backend())
+        log.info("gateway listening on %s (erasure code: %s)", cfg.listen, codec_summary(app[GATEWAY].view.map))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

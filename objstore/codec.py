@@ -11,7 +11,7 @@ import xxhash
 import zfec
 
 from objstore import isal
-from objstore.cluster import ECProfile
+from objstore.cluster import ClusterMap, ECProfile
 
 # Layout (docs/architecture.md, "Object layout"): an object of S bytes is S // stripe_size full
 # stripes of k blocks of block_size bytes, then, if t = S % stripe_size > 0, one short stripe whose
@@ -242,9 +242,21 @@ def _encode_job(codec: StripeCodec, payload: bytes, on_payload: Callable[[bytes]
 _codecs: dict[ECProfile, StripeCodec] = {}
 
 
-def codec_backend() -> str:
-    """What does the Galois-field work of large blocks in this process: "isa-l" or "zfec"."""
+def codec_backend(ec: ECProfile | None = None) -> str:
+    """What does the Galois-field work of large blocks in this process: "isa-l" or "zfec".
+
+    With a profile, what that profile's codec uses: zfec where ISA-L is missing or failed its check
+    against zfec for that profile (the codec is built, and checked, on the first call).
+    """
+    if ec is not None:
+        return codec_for(ec).backend
     return "isa-l" if isal.library() is not None else "zfec"
+
+
+def codec_summary(cmap: ClusterMap) -> str:
+    """The backend of every EC profile of a map, for the start-up line: "4+2 isa-l", "4+2 isa-l, 8+3 zfec"."""
+    profiles = sorted({cmap.ec, *(p.ec for p in cmap.pools)}, key=lambda ec: (ec.k, ec.m, ec.block_size))
+    return ", ".join(f"{ec.k}+{ec.m} {codec_backend(ec)}" for ec in profiles)
 
 
 def codec_for(ec: ECProfile) -> StripeCodec:

@@ -129,3 +129,19 @@ def test_one_coder_serves_a_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None
 
     with ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(work, range(8))) == list(range(8))
+
+
+def test_the_start_up_line_names_each_profiles_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile whose check against zfec fails runs on zfec, and the start-up line says so for that profile."""
+    from objstore import codec
+    from objstore.cluster import ClusterMap, NodeInfo, Pool
+
+    monkeypatch.setattr(codec, "_codecs", {})
+    checked = isal.Coder._agrees
+    monkeypatch.setattr(isal.Coder, "_agrees", lambda self, enc: self.k != 2 and checked(self, enc))
+    nodes = tuple(NodeInfo(f"n{i}", f"127.0.0.1:{9000 + i}", f"z{i % 3}", labels={"j": "fr"}) for i in range(6))
+    cmap = ClusterMap(epoch=1, ec=ECProfile(4, 2, 64 * 1024), nodes=nodes,
+                      pools=(Pool("fr", {"j": "fr"}, ECProfile(2, 1, 16 * 1024)),))
+    assert codec.codec_summary(cmap) == "2+1 zfec, 4+2 isa-l"
+    assert codec.codec_backend() == "isa-l"  # the library is there; one profile does not use it
+    assert codec.codec_backend(ECProfile(2, 1, 16 * 1024)) == "zfec"
