@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from objstore.client import NodeClient
 from objstore.cluster import EXIT_RESTART, NodeInfo
+from objstore.config import MAX_PAUSE
 from objstore.kv import PARTS
 from objstore.objects import ObjectIO
 from objstore.quorum import Background
@@ -57,9 +58,48 @@ class Loops:
         self.gc = {"passes": 0, "pending_removed": 0, "pending_kept": 0}
         self._pending_seen: dict[tuple[str, int], float] = {}  # (blob, shard) -> monotonic time first seen pending
         self.kick = asyncio.Event()
+        self._paused_until = 0.0  # monotonic
+        self._resumed = asyncio.Event()
+        self.repairer.gate = self.unpaused
 
     def alive(self, n: NodeInfo) -> bool:
         return self.node.peer_state(n.id) != "down"
+
+    # -- pausing -----------------------------------------------------------------------------------
+
+    def pause(self, seconds: float) -> float:
+        """Hold repair, scrub and the collection of never-committed shards for `seconds` (0 or less: resume).
+
+        Heartbeats, map gossip and the data-dir watch go on, so failures are still seen. Work in progress
+        stops at its next step (a partition, an object, a block) and takes up where it stopped. The pause
+        lives in this process only: a restarted node runs its background work again. Returns the seconds
+        left of the pause.
+        """
+        if seconds > MAX_PAUSE:
+            raise ValueError(f"a pause may last at most {MAX_PAUSE:.0f} s")
+        if seconds > 0:
+            self._paused_until = time.monotonic() + seconds
+            self._resumed.clear()
+            log.warning("background work paused for %.0f s: repair, scrub and pending-shard collection hold",
+                        seconds)
+        else:
+            if self.paused_for():
+                log.warning("background work resumed")
+            self._paused_until = 0.0
+            self._resumed.set()
+        return self.paused_for()
+
+    def paused_for(self) -> float:
+        """Seconds left of the current pause, 0.0 when not paused."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    async def unpaused(self) -> None:
+        """Return at once when not paused, else once the pause runs out or is lifted."""
+        while (left := self.paused_for()) > 0:
+            try:
+                await asyncio.wait_for(self._resumed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
 
     def start(self) -> list[asyncio.Task[Any]]:
         return [asyncio.create_task(self.heartbeat()), asyncio.create_task(self.repair_loop()),
@@ -94,7 +134,7 @@ class Loops:
     def report(self) -> dict[str, Any]:
         stats = self.repairer.stats if self.repair_running else self.repairer.last
         return {"repair": {**stats.to_dict(), "running": self.repair_running, "passes": self.repair_passes},
-                "scrub": dict(self.scrub), "gc": dict(self.gc)}
+                "scrub": dict(self.scrub), "gc": dict(self.gc), "paused_for": round(self.paused_for(), 1)}
 
     async def heartbeat(self) -> None:
         """Ping every peer; learn newer maps from them (gossip), remember when each last answered."""
@@ -126,6 +166,7 @@ class Loops:
         # Let the heartbeats learn who is alive before the first pass.
         await asyncio.sleep(min(self.node.cfg.repair_interval, 3 * self.node.cfg.heartbeat_interval + 1))
         while True:
+            await self.unpaused()
             self.repair_running = True
             try:
                 stats = await self.repairer.run_pass()
@@ -151,12 +192,14 @@ class Loops:
         throttle = Throttle(node.cfg.scrub_rate_mb * 1e6)
         await asyncio.sleep(min(node.cfg.scrub_interval, 10.0))
         while True:
+            await self.unpaused()
             self.scrub["running"] = True
             found = 0
             for row in await node.run(node.store.blobs):
                 last = max(0, (row.size - 1) // row.block_size) if row.size else -1
                 try:
                     for b in range(0, last + 1):
+                        await self.unpaused()
                         await node.run(lambda b=b: sum(len(x) for x in node.store.read_blob_blocks(row, b, b)))
                         await throttle(row.block_size)
                         self.scrub["bytes"] += row.block_size
@@ -167,6 +210,7 @@ class Loops:
                     log.warning("scrub: %s", e)
                 self.scrub["shards"] += 1
             for p in await node.sql(node.store.partitions_held):
+                await self.unpaused()
                 if await node.sql(node.store.scrub_records, p):  # one partition a job: requests go on between
                     found += 1
                     log.warning("scrub: records of partition %d changed on disk", p)
@@ -181,6 +225,7 @@ class Loops:
         """Every repair interval, remove the shards whose upload was never committed (see collect_pending)."""
         await asyncio.sleep(min(self.node.cfg.repair_interval, 3 * self.node.cfg.heartbeat_interval + 1))
         while True:
+            await self.unpaused()
             try:
                 await self.collect_pending()
             except Exception:

@@ -124,6 +124,9 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("objstore_node_repair_pass_finished_timestamp_seconds",
                                 "Unix time the last finished pass ended; 0 before the first.",
                                 value=repair.get("finished", 0.0))
+        yield GaugeMetricFamily("objstore_node_background_paused_seconds",
+                                "Seconds left of an operator's pause of repair, scrub and pending-shard collection.",
+                                value=report.get("paused_for", 0.0))
         scrub = report.get("scrub", {})
         yield GaugeMetricFamily("objstore_node_scrub_running", "1 while a scrub pass is re-reading shards.",
                                 value=1.0 if scrub.get("running") else 0.0)

@@ -24,7 +24,7 @@ from node.shards import BlobRow, ShardReader, ShardUpload
 from node.store import BlobMissing, BlobReferenced, CorruptShard, DiskFull, Store
 from objstore import auth
 from objstore.cluster import ClusterMap, ClusterMapError, NodeInfo
-from objstore.codec import codec_backend
+from objstore.codec import codec_summary
 from objstore.config import NodeConfig
 from objstore.logs import setup_logging
 from objstore.records import KVRecord, ObjectRecord, PartRef, RecordError
@@ -570,6 +570,24 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
+async def pause(request: web.Request) -> web.Response:
+    """Hold this node's repair, scrub and pending-shard collection for `seconds` (0: resume them); see Loops.pause."""
+    node = request.app[NODE]
+    try:
+        seconds = float(request.query["seconds"])
+        if seconds != seconds:  # NaN
+            raise ValueError("not a number")
+    except (KeyError, ValueError) as e:
+        return _error(400, "bad_pause", f"seconds: {e}")
+    if node.loops is None:
+        return _error(409, "no_loops", "this node runs without background loops")
+    try:
+        left = node.loops.pause(seconds)
+    except ValueError as e:
+        return _error(400, "bad_pause", str(e))
+    return web.json_response({"id": node.cfg.id, "paused_for": round(left, 1)})
+
+
 async def stats(request: web.Request) -> web.Response:
     """Fresh counts (records, blobs and their bytes, pending and quarantined blobs, corrupt found)."""
     node = request.app[NODE]
@@ -643,6 +661,7 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     r.add_put("/map", put_map)
     r.add_get("/health", health)
     r.add_get("/stats", stats)
+    r.add_put("/pause", pause)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[Any]] = []
@@ -710,7 +729,7 @@ def run(cfg: NodeConfig) -> int:
         await runner.setup()
         try:
             await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-            log.info("node %s listening on %s (erasure code: %s)", cfg.id, cfg.listen, codec_backend(),
+            log.info("node %s listening on %s (erasure code: %s)", cfg.id, cfg.listen, codec_summary(node.cmap),
                      extra={"listen": cfg.listen})
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

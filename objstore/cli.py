@@ -33,6 +33,8 @@ ROOT_COMMANDS: dict[str, str] = {
     "dev": "objstore.devcluster:dev_command",
     "status": "objstore.ops:status_command",
     "repair": "objstore.ops:repair_command",
+    "pause": "objstore.ops:pause_command",
+    "resume": "objstore.ops:resume_command",
     "user": "objstore.users:user_group",
     "bench": "objstore.bench:bench_command",
 }

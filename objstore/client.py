@@ -308,6 +308,12 @@ class NodeClient:
         """Fresh counts: records, blobs, blob_bytes, pending_blobs, quarantined_blobs, corrupt_found."""
         return cast(dict[str, Any], json.loads(await self._call(node, "GET", "/stats") or b"{}"))
 
+    async def pause(self, node: NodeInfo, seconds: float) -> float:
+        """Hold the node's repair, scrub and pending-shard collection for `seconds` (0: resume); returns the
+        seconds left of its pause."""
+        answer = json.loads(await self._call(node, "PUT", "/pause", {"seconds": seconds}) or b"{}")
+        return float(answer.get("paused_for", 0.0))
+
     async def put_blob(self, node: NodeInfo, blob: str, shard: int, partition: int, block_size: int,
                        body: AsyncIterable[bytes] | bytes) -> list[int]:
         """Stream one shard to a node; returns the block checksums the node computed as it wrote.

@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 
+MAX_PAUSE = 24 * 3600.0
+"""The longest an operator may pause a node's background work at once (`objstore pause`): repair restores
+no redundancy meanwhile, so a forgotten pause must run out by itself."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the bad field."""
 

@@ -1,4 +1,5 @@
-"""Operator commands that talk to a running cluster: status, repair --once, and cluster map changes."""
+"""Operator commands that talk to a running cluster: status, repair --once, pause and resume of the nodes'
+background work, and cluster map changes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from objstore.client import NodeClient
 from objstore.cluster import ClusterMap, ClusterMapError
-from objstore.config import ConfigError, load_node_config
+from objstore.config import MAX_PAUSE, ConfigError, load_node_config
 from objstore.repair import RepairStats, summarize
 
 STATUS_TIMEOUT = 3.0
@@ -72,6 +73,7 @@ async def collect_status(cmap: ClusterMap, secret: str) -> dict[str, Any]:
             "records": h.get("records"), "blobs": h.get("blobs"), "blob_bytes": h.get("blob_bytes"),
             "disk_free": h.get("disk_free"), "disk_total": h.get("disk_total"),
             "corrupt_found": h.get("corrupt_found"), "epoch": h.get("epoch"),
+            "paused_for": h.get("paused_for"),
         })
     names = {f.name for f in fields(RepairStats)}
     repair = summarize(RepairStats(**{k: v for k, v in h.get("repair", {}).items() if k in names})
@@ -112,6 +114,10 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     console.print(f"[bold]repair[/] {'running' if r['running'] else 'idle'}: scanned {r['objects_scanned']} objects, "
                   f"rebuilt {r['objects_rebuilt']} ({r['bytes_rebuilt']} bytes), remaining {r['objects_remaining']} "
                   f"({r['bytes_remaining']} bytes), failures {r['failures']}")
+    paused = [f"{n['id']} ({n['paused_for']:.0f} s left)" for n in status["nodes"] if n.get("paused_for")]
+    if paused:
+        console.print(f"[bold yellow]background work paused[/] (repair, scrub, pending-shard collection) on "
+                      f"{', '.join(paused)}; `objstore resume` lifts it")
 
 
 @click.command("status")
@@ -129,6 +135,74 @@ def status_command(cluster_path: str, as_json: bool) -> None:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
     else:
         render_status(status, Console())
+
+
+class Duration(click.ParamType):
+    """Seconds, or a number with a unit: 90, 90s, 10m, 2h."""
+
+    name = "duration"
+    UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = self.UNITS.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (examples: 90, 90s, 10m, 2h)", param, ctx)
+        if not seconds > 0:
+            self.fail(f"{value!r}: a pause lasts more than 0 s", param, ctx)
+        if seconds > MAX_PAUSE:
+            self.fail(f"{value!r}: a pause lasts {MAX_PAUSE / 3600:.0f}h at most", param, ctx)
+        return seconds
+
+
+async def set_pause(cmap: ClusterMap, secret: str, seconds: float) -> dict[str, float | str]:
+    """Ask every node of the map to pause (seconds > 0) or resume (0) its background work: node id -> the
+    seconds left of its pause, or why it did not answer."""
+    async with NodeClient(secret, timeout=STATUS_TIMEOUT, connect_timeout=STATUS_TIMEOUT) as client:
+        cmap = await _newest_map(client, cmap)
+        nodes = [n for n in cmap.nodes if n.state != "removed"]
+        results = await asyncio.gather(*(client.pause(n, seconds) for n in nodes), return_exceptions=True)
+    return {n.id: r if isinstance(r, float) else str(r) for n, r in zip(nodes, results)}
+
+
+def _report_pause(answers: dict[str, float | str], what: str) -> None:
+    console = Console()
+    for node_id, answer in answers.items():
+        if isinstance(answer, float):
+            console.print(f"{node_id}: {what}" + (f" ({answer:.0f} s left)" if answer else ""))
+        else:
+            console.print(f"[red]{node_id}: failed[/] ({answer})")
+    failed = [n for n, a in answers.items() if not isinstance(a, float)]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(answers)} nodes failed: {', '.join(failed)}")
+
+
+@click.command("pause")
+@click.option("--cluster", "cluster_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A node config (TOML) or the cluster.json written by `objstore dev`.")
+@click.option("--for", "seconds", required=True, type=Duration(),
+              help="How long: seconds, or with a unit (90s, 10m, 2h); 24h at most.")
+def pause_command(cluster_path: str, seconds: float) -> None:
+    """Hold every node's repair, scrub and pending-shard collection for a while (maintenance, benchmarks).
+
+    Heartbeats go on, so failures are still detected, but nothing is rebuilt until the pause runs out
+    or `objstore resume` lifts it. A node restarted meanwhile runs its background work again.
+    """
+    cmap, secret, _ = open_cluster(cluster_path)
+    _report_pause(asyncio.run(set_pause(cmap, secret, seconds)), "background work paused")
+
+
+@click.command("resume")
+@click.option("--cluster", "cluster_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A node config (TOML) or the cluster.json written by `objstore dev`.")
+def resume_command(cluster_path: str) -> None:
+    """Lift a pause: every node's repair, scrub and pending-shard collection run again."""
+    cmap, secret, _ = open_cluster(cluster_path)
+    _report_pause(asyncio.run(set_pause(cmap, secret, 0.0)), "background work running")
 
 
 @click.command("repair")

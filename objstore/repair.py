@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from objstore.client import Digest, NodeClient, NodeError, PartitionDigests
@@ -104,6 +104,8 @@ class Repairer:
         self.stats = RepairStats()
         self.last = RepairStats()
         self._first_seen: dict[tuple[str, str, str], float] = {}
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        """Awaited before each partition scan and each object rebuilt: a node's pause holds a pass there."""
 
     def _aged(self, bucket: str, key: str, version: str, now: int) -> bool:
         """Past the grace period both by its version time and by how long this repairer has seen it.
@@ -141,6 +143,8 @@ class Repairer:
         differ: list[tuple[Ring, int]] = []
 
         async def scan(ring: Ring, p: int, digests: dict[str, PartitionDigests], drill: bool) -> None:
+            if self.gate is not None:
+                await self.gate()
             try:
                 found = await self._scan_partition(ring, p, buckets, stats, digests, drill=drill)
             except (NodeError, OSError, asyncio.TimeoutError) as e:
@@ -175,6 +179,8 @@ class Repairer:
 
         async def run(task: Task) -> None:
             async with sem:
+                if self.gate is not None:
+                    await self.gate()
                 await self._repair(task, stats)
                 stats.objects_remaining -= 1
                 if progress:

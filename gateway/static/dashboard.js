@@ -92,8 +92,12 @@ function renderSummary(st) {
 
   const r = st.repair || {};
   const state = $("repair-state");
-  state.textContent = r.running ? "running" : "idle";
-  state.classList.toggle("running", !!r.running);
+  const paused = nodes.filter((n) => n.paused_for > 0);
+  state.textContent = paused.length ? "paused" : r.running ? "running" : "idle";
+  state.classList.toggle("running", !paused.length && !!r.running);
+  state.classList.toggle("paused", paused.length > 0);
+  state.title = paused.length ? "repair and scrub held on " + paused.map((n) => n.id).join(", ") + " for up to " +
+    fmtDuration(Math.max(...paused.map((n) => n.paused_for))) + " more (objstore resume lifts it)" : "";
   const todo = (r.objects_rebuilt || 0) + (r.objects_remaining || 0);
   const done = todo ? (r.objects_rebuilt || 0) / todo : 1;
   const bar = $("repair-bar");

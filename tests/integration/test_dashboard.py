@@ -8,6 +8,7 @@ test's temp dir, so a test run never changes tracked files.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any, Self
 
 import pytest
 
+from objstore.ops import set_pause
 from tests.cluster import DevCluster, DevClusterFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -151,6 +153,15 @@ def test_dashboard_shows_a_killed_node_down_and_back_up(dev_cluster_factory: Dev
 
         cluster.start_node("n3")
         wait_for(lambda: node_states(browser) == {i: "up" for i in ids}, NODES_UP_TIMEOUT, "n3 up again", browser)
+
+        # An operator's pause of repair and scrub shows on the repair card until it is lifted.
+        repair_tag = "return document.getElementById('repair-state').textContent;"
+        paused = asyncio.run(set_pause(cluster.cluster_map(), cluster.secret, 600))
+        assert set(paused) == set(ids) and all(isinstance(v, float) and v > 590 for v in paused.values()), paused
+        wait_for(lambda: browser.execute_script(repair_tag) == "paused", DOWN_TIMEOUT, "repair paused", browser)
+        assert "objstore resume" in browser.find_element("id", "repair-state").get_attribute("title")
+        asyncio.run(set_pause(cluster.cluster_map(), cluster.secret, 0))
+        wait_for(lambda: browser.execute_script(repair_tag) != "paused", DOWN_TIMEOUT, "repair resumed", browser)
         time.sleep(3.0)  # a few more polls, so the charts show the traffic after the restart
     assert traffic.requests > 0
     assert browser.find_element("id", "live").get_attribute("data-live") == "ok"
