@@ -26,10 +26,14 @@ from benchmarks.report_systems import (
 )
 from benchmarks.s3load import PayloadStream
 
-__all__ = ["ComparePlan", "by_role", "idle_cpu", "machine_share", "medians", "run_compare", "settle", "store_cpu"]
+__all__ = ["ComparePlan", "by_role", "hold_others", "idle_cpu", "machine_share", "medians", "run_compare", "settle",
+           "store_cpu"]
 
 SMALL = 4096
 PREFIX = "report/"
+HOLD_MARGIN = 120.0
+"""Seconds a store's pause outlasts the cell it is held for (a 256 MiB cell bounded by bytes runs past its
+`seconds`); the next cell lifts or renews it, and a run that dies leaves no pause behind for long."""
 TARGET_CONCURRENCY = {SMALL: 32, 1 << 20: 16, 16 << 20: 4}
 """The concurrency each size's SeaweedFS figures of issue #5 were seen at."""
 TARGETS = [("put", SMALL, 1.0), ("get", SMALL, 1.0), ("put", 1 << 20, 1.2), ("get", 1 << 20, 0.8),
@@ -137,6 +141,15 @@ async def settle(max_seconds: float, quiet_cores: float, window: float = 0.5) ->
     return round(time.monotonic() - start, 2)
 
 
+async def hold_others(system: System, others: Sequence[System], plan: ComparePlan) -> list[str]:
+    """Before a cell of `system`: its own background work runs, the other stores' is paused where they have
+    a control for it (objstore's repair and scrub; the peers run none here), long enough for the settling
+    and the cell, so that none of it lands in another store's figures. Returns the stores paused."""
+    await system.hold_background(0)
+    hold = plan.settle_seconds + plan.seconds + HOLD_MARGIN
+    return [other.name for other in others if await other.hold_background(hold)]
+
+
 def store_cpu(systems: Sequence[System]) -> dict[str, float]:
     """CPU seconds so far of each store's server processes."""
     return {s.name: sum(cpu_seconds(pid) or 0.0 for pid in s.pids) for s in systems}
@@ -210,8 +223,9 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
                 max_ops = plan.max_ops
                 if workload in plan.bytes_bound:
                     max_ops = min(max_ops, max(1, plan.max_bytes // size))
-                settled = await settle(plan.settle_seconds, plan.quiet_cores)
                 others = [s for s in systems if s is not system]
+                held = await hold_others(system, others, plan)
+                settled = await settle(plan.settle_seconds, plan.quiet_cores)
                 before, stores_before, began = machine_cpu_seconds(), store_cpu(others), time.monotonic()
                 result, samples = await measure(system, payloads, keys, workload, concurrency, max_ops=max_ops,
                                                 max_seconds=plan.seconds, seed=seed + turn)
@@ -221,7 +235,7 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
                 every = [lat for lats in samples.values() for lat in lats]
                 rows.append({"system": system.name, "workload": workload, "size": size, "concurrency": concurrency,
                              "round": round_, "position": position, "refill_failed": refill_failed,
-                             "settle_s": settled, "machine": machine,
+                             "settle_s": settled, "held": held, "machine": machine,
                              "result": by_role(measured, system.roles), "cdf_ms": cdf_points(every)})
                 reporter.step(f"{workload} {format_size(size)} x{concurrency} on {system.name}: "
                               f"{result.ops_per_s:,.0f} ops/s, {result.mb_per_s:,.1f} MB/s")
@@ -231,6 +245,8 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
         for system in systems:
             async with new_session() as session:
                 await delete_all(system.client(session, payloads), spaces[system.name])
+    for system in systems:
+        await system.hold_background(0)
     return {"plan": asdict(plan) | {"overhead_objects": {str(k): v for k, v in plan.overhead_objects.items()},
                                     "targets": {str(k): v for k, v in plan.targets.items()}},
             "systems": [s.name for s in systems], "idle_cpu_cores": idle, "overhead": overhead, "cells": rows}

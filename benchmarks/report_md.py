@@ -19,7 +19,7 @@ DIFFERENCES = """| | objstore | SeaweedFS | SeaweedFS fsync | Swift |
 | data fsync before the answer | yes | **no** (page cache) | yes (`fs.configure -fsync`) | yes (fragments, dirs, `.durable`) |
 | metadata | records replicated on the nodes (SQLite) | one filer, leveldb2, not synced | same | account/container SQLite, 3 replicas |
 | language, processes | Python (asyncio, uvloop): 6 nodes + 1 gateway | Go: master, 3 volume, filer, S3 gateway | same | Python (eventlet): proxy, account, container, object + memcached |
-| background work during the run | heartbeats, repair loop | none measured | none | none (no replicator, reconstructor, auditor) |
+| background work during the run | heartbeats; repair and scrub in its own cells (paused during the others', `objstore pause`) | none measured | none | none (no replicator, reconstructor, auditor) |
 """
 
 
@@ -195,6 +195,11 @@ def _compare(data: dict[str, Any]) -> str:
                    "the store measured and the generator (other stores' leftovers, the kernel's writeback, other "
                    f"tenants) took a median of {others[len(others) // 2]:.2f} cores, at most {others[-1]:.2f}; "
                    "report.json has it per cell (`machine`).\n")
+    held = sorted({name for r in rows for name in r.get("held", [])})
+    if held:
+        out.append(f"During every cell of another store, {', '.join(held)} had its background work (repair, scrub) "
+                   "paused with `objstore pause`; it ran again from the start of its own cells, so what it does in "
+                   "the background counts in its own figures, not in the others'.\n")
     errors = [r for r in rows if r["result"]["errors"]]
     if errors:
         out.append("### Errors\n\n" + _table(

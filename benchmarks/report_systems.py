@@ -20,6 +20,7 @@ from benchmarks.peers import Peer
 from benchmarks.procstat import memory_bytes
 from benchmarks.s3load import OpError, PayloadStream, S3LoadClient, S3Target
 from objstore.codec import codec_backend
+from objstore.ops import set_pause
 from tests.cluster import DevCluster, start_dev_cluster
 
 __all__ = ["Reporter", "System", "TimedClient", "cdf_points", "delete_all", "disk_bytes", "fill", "measure", "new_session",
@@ -89,6 +90,17 @@ class System:
     @property
     def pids(self) -> list[int]:
         return list(self.roles)
+
+    async def hold_background(self, seconds: float) -> bool:
+        """Pause (seconds > 0) or resume (0) the store's own background work where it has a control for it
+        (objstore: `objstore pause`, repair and scrub; heartbeats go on). False for a store without one."""
+        if self.cluster is None:
+            return False
+        answers = await set_pause(self.cluster.cluster_map(), self.cluster.secret, seconds)
+        failed = {node: answer for node, answer in answers.items() if not isinstance(answer, float)}
+        if failed:
+            raise RuntimeError(f"{self.name}: pausing background work failed on {failed}")
+        return True
 
     def client(self, session: aiohttp.ClientSession, payloads: PayloadStream, bucket: str | None = None) -> TimedClient:
         target = self.target if bucket is None else S3Target(self.target.endpoint, bucket, self.target.access_key,

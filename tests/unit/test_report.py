@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.report_compare import ComparePlan, machine_share, settle
+from benchmarks.report_compare import HOLD_MARGIN, ComparePlan, hold_others, machine_share, settle
 from benchmarks.report_md import _targets
 
 MIB = 1 << 20
@@ -56,3 +56,23 @@ async def test_settle_waits_for_a_busy_machine_but_not_past_its_bound() -> None:
         spin.wait()
     waited = await settle(10.0, quiet_cores=1.5)  # one core at most is busy now, and that is quiet enough
     assert waited < 3.0
+
+
+class Store:
+    """A store's pause control, recorded: `control` False is a store without one (the peers)."""
+
+    def __init__(self, name: str, control: bool) -> None:
+        self.name, self.control, self.calls = name, control, []
+
+    async def hold_background(self, seconds: float) -> bool:
+        self.calls.append(seconds)
+        return self.control
+
+
+async def test_a_cell_runs_with_the_other_stores_background_paused() -> None:
+    plan = ComparePlan(sizes=[4096], concurrency=[1], big_concurrency=[1], seconds=5.0, settle_seconds=15.0)
+    ours, peer, other = Store("objstore", True), Store("seaweedfs", False), Store("objstore-b", True)
+    assert await hold_others(peer, [ours, other], plan) == ["objstore", "objstore-b"]
+    assert ours.calls == other.calls == [5.0 + 15.0 + HOLD_MARGIN] and peer.calls == [0]
+    assert await hold_others(ours, [peer, other], plan) == ["objstore-b"]  # its own cell: running again
+    assert ours.calls[-1] == 0 and peer.calls[-1] > 0
