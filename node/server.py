@@ -530,6 +530,15 @@ async def put_kv(request: web.Request) -> web.Response:
     return _packed({"stored": await node.sql(node.store.put_kv, rec)})
 
 
+async def forget_kv(request: web.Request) -> web.Response:
+    """Remove KV tombstones nobody needs any more ([ns, name, version] each, see kv.forgettable); one that is
+    no longer that version, or no longer deleted, stays. Answers [200, {"forgotten"}] each."""
+    node = request.app[NODE]
+    tombstones = [(str(ns), str(name), str(v)) for ns, name, v in await _batch(request)]
+    gone = await node.sql(node.store.forget_kv, tombstones)
+    return _packed([_answer({"forgotten": g}) for g in gone])
+
+
 async def get_kv(request: web.Request) -> web.Response:
     node = request.app[NODE]
     rec = await node.sql(node.store.get_kv, _q(request, "ns"), _q(request, "name"))
@@ -657,6 +666,7 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     r.add_put("/kv", put_kv)
     r.add_get("/kv", get_kv)
     r.add_get("/kvlist", list_kv)
+    r.add_post("/kv/forget", forget_kv)
     r.add_get("/map", get_map)
     r.add_put("/map", put_map)
     r.add_get("/health", health)

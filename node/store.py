@@ -764,6 +764,15 @@ class Store:
         return True
 
     @on_sql_thread
+    def forget_kv(self, tombstones: list[tuple[str, str, str]]) -> list[bool]:
+        """Remove tombstones ([ns, name, version] each) in one transaction, each only while it is still that
+        version and deleted: a document written again since stays. Whether each one went."""
+        db = self._db
+        with _transaction(db):
+            return [db.execute("DELETE FROM kv WHERE ns=? AND name=? AND version=? AND deleted=1",
+                               (ns, name, version)).rowcount > 0 for ns, name, version in tombstones]
+
+    @on_sql_thread
     def get_kv(self, ns: str, name: str) -> KVRecord | None:
         """The document, a tombstone included."""
         row = self._db.execute("SELECT record FROM kv WHERE ns=? AND name=?", (ns, name)).fetchone()

@@ -413,6 +413,11 @@ class NodeClient:
     async def list_kv(self, node: NodeInfo, ns: str, prefix: str = "") -> list[KVRecord]:
         return [KVRecord.unpack(p) for p in await self._unpack(node, "GET", "/kvlist", {"ns": ns, "prefix": prefix})]
 
+    async def forget_kv(self, node: NodeInfo, ns: str, name: str, version: str) -> bool:
+        """Remove a KV tombstone, only while the node still holds that version of it; whether it went."""
+        answer = await self._coalescer(node, "/kv/forget").call([ns, name, version])
+        return bool(answer.get("forgotten")) if isinstance(answer, dict) else False
+
     async def get_map(self, node: NodeInfo) -> ClusterMap:
         return ClusterMap.from_dict(json.loads(await self._call(node, "GET", "/map") or b"{}"))
 

@@ -4,7 +4,7 @@ and the anti-entropy that copies each document back to the nodes that lost it.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from objstore.client import NodeClient, NodeError
@@ -116,12 +116,59 @@ async def snapshot(client: NodeClient, nodes: Sequence[NodeInfo], ns: str, total
     return snap
 
 
+def forgettable(snap: KVSnapshot, members: Collection[str], aged: Callable[[KVRecord], bool]) -> list[KVRecord]:
+    """The tombstones of a namespace no node needs any more.
+
+    A tombstone stops an older copy of its document from coming back (anti-entropy copies the newest copy it
+    finds). It can go once no such copy can exist: every member of the map answered the snapshot, no node
+    holds an older version of the name (live or deleted; a node without the name is fine), and the tombstone
+    is past the grace period (`aged`), so no write of an older version can still be on its way.
+    """
+    if not set(members) <= set(snap.held):
+        return []
+    out = []
+    for name, rec in snap.newest.items():
+        if rec.deleted and all(held.get(name, rec.version) == rec.version for held in snap.held.values()) \
+                and aged(rec):
+            out.append(rec)
+    return out
+
+
+async def forget(client: NodeClient, nodes: Sequence[NodeInfo], snap: KVSnapshot, tombstones: Sequence[KVRecord],
+                 sem: asyncio.Semaphore) -> int:
+    """Remove each tombstone from every node of the snapshot that holds it (each node only while it still holds
+    that version); how many went from every one of them."""
+    by_id = {n.id: n for n in nodes}
+
+    async def one(node: NodeInfo, rec: KVRecord) -> bool:
+        async with sem:
+            try:
+                return await client.forget_kv(node, rec.ns, rec.name, rec.version)
+            except (NodeError, OSError, asyncio.TimeoutError):
+                return False
+
+    async def everywhere(rec: KVRecord) -> bool:
+        holders = [by_id[nid] for nid, held in snap.held.items() if held.get(rec.name) == rec.version and nid in by_id]
+        return all(await asyncio.gather(*(one(n, rec) for n in holders)))
+
+    return sum(await asyncio.gather(*(everywhere(rec) for rec in tombstones)))
+
+
+@dataclass
+class KVRepair:
+    """What one anti-entropy pass of the KV namespaces did."""
+
+    copied: int = 0  # copies written to nodes that lacked a document or held an older one
+    forgotten: int = 0  # tombstones removed from every node, nobody needing them any more
+
+
 Placement = Callable[[str, str, str], list[NodeInfo]]
 """(bucket, key, bucket pool) -> the owners of that object key's partition."""
 
 
 async def copy_back(client: NodeClient, nodes: Sequence[NodeInfo], placement: Placement,
-                    buckets: KVSnapshot | None = None) -> int:
+                    buckets: KVSnapshot | None = None, members: Collection[str] | None = None,
+                    aged: Callable[[KVRecord], bool] | None = None) -> KVRepair:
     """Anti-entropy of every namespace: write the newest copy of each document (tombstones too) to each node that
     should hold it and answered without it — a node whose disk was wiped or that was down or new when it was
     written. Returns how many copies were written.
@@ -131,6 +178,10 @@ async def copy_back(client: NodeClient, nodes: Sequence[NodeInfo], placement: Pl
     partition in the current map (after a membership change they so reach the new owners); a part whose
     upload record is gone everywhere is left where it is. `buckets`: a snapshot of the bucket namespace
     just taken over the same nodes.
+
+    With `members` (the ids of every node of the map) and `aged` (past the grace period), the tombstones
+    nobody needs any more are then removed everywhere (`forgettable`): a completed or aborted multipart
+    upload leaves one per part, and every pass lists every namespace whole.
     """
     buckets = buckets or await snapshot(client, nodes, BUCKETS)
     snaps = [buckets, await snapshot(client, nodes, USERS)]
@@ -163,4 +214,8 @@ async def copy_back(client: NodeClient, nodes: Sequence[NodeInfo], placement: Pl
             except (NodeError, OSError, asyncio.TimeoutError):
                 return False
 
-    return sum(await asyncio.gather(*(put(n, r) for n, r in copies)))
+    out = KVRepair(copied=sum(await asyncio.gather(*(put(n, r) for n, r in copies))))
+    if members is not None and aged is not None:
+        for snap in (*snaps, uploads, parts):
+            out.forgotten += await forget(client, nodes, snap, forgettable(snap, members, aged), sem)
+    return out

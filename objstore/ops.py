@@ -89,6 +89,7 @@ async def collect_status(cmap: ClusterMap, secret: str) -> dict[str, Any]:
                    "objects_rebuilt": repair.objects_rebuilt, "shards_rebuilt": repair.shards_rebuilt,
                    "bytes_rebuilt": repair.bytes_rebuilt, "objects_remaining": repair.objects_remaining,
                    "bytes_remaining": repair.bytes_remaining, "kv_copied": repair.kv_copied,
+                   "kv_forgotten": repair.kv_forgotten,
                    "failures": repair.failures},
         "scrub": {"corrupt_found": sum((h.get("scrub") or {}).get("corrupt", 0) for h in health.values())},
     }
@@ -244,7 +245,8 @@ def repair_command(cluster_path: str, once: bool, bandwidth_mb: float, concurren
     click.echo(f"scanned {stats.partitions_scanned} partitions, {stats.objects_scanned} objects; "
                f"rebuilt {stats.shards_rebuilt} shards of {stats.objects_rebuilt} objects ({stats.bytes_rebuilt} bytes); "
                f"removed {stats.handoffs_removed} handoff copies and {stats.garbage_removed} garbage versions; "
-               f"copied {stats.kv_copied} bucket/user/upload records back; "
+               f"copied {stats.kv_copied} bucket/user/upload records back, removed {stats.kv_forgotten} of their "
+               f"tombstones; "
                f"{stats.failures} failures")
     if stats.failures:
         raise SystemExit(1)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from objstore.client import Digest, NodeClient, NodeError, PartitionDigests
 from objstore.cluster import DEFAULT_POOL, NodeInfo
 from objstore.kv import BUCKETS, copy_back, snapshot
+from objstore.records import KVRecord
 from objstore.objects import ObjectIO, ReadFailed
 from objstore.ring import Ring
 from objstore.versions import is_null, version_time_ns, wall_ns
@@ -45,6 +46,7 @@ class RepairStats:
     handoffs_removed: int = 0
     garbage_removed: int = 0
     kv_copied: int = 0
+    kv_forgotten: int = 0
     failures: int = 0
     started: float = 0.0
     finished: float = 0.0
@@ -66,6 +68,10 @@ class Task:
     stale: list[tuple[NodeInfo, str]] = field(default_factory=list)  # non-owner copies to drop once done
     size: int = 0
     degraded: bool = False  # counted in objects_degraded until rebuilt
+
+
+TOMBSTONES_TRACKED = 200_000
+"""KV tombstones a repairer times towards their removal at once (about 200 bytes each)."""
 
 
 class Throttle:
@@ -104,6 +110,7 @@ class Repairer:
         self.stats = RepairStats()
         self.last = RepairStats()
         self._first_seen: dict[tuple[str, str, str], float] = {}
+        self._tombstones_seen: dict[tuple[str, str, str], float] = {}  # (ns, name, version) -> monotonic
         self.gate: Callable[[], Awaitable[None]] | None = None
         """Awaited before each partition scan and each object rebuilt: a node's pause holds a pass there."""
 
@@ -117,6 +124,19 @@ class Repairer:
         if len(self._first_seen) > 100_000:
             self._first_seen.clear()
         return now - version_time_ns(version) > self.gc_grace_ns and time.monotonic() - seen > self.gc_grace_ns / 1e9
+
+    def _tombstone_aged(self, rec: KVRecord, now: int, asked: set[tuple[str, str, str]]) -> bool:
+        """A KV tombstone past the grace period by its version time and by how long this repairer has seen it
+        held everywhere (as `_aged`). At most TOMBSTONES_TRACKED are timed at once; the rest wait for room."""
+        t = (rec.ns, rec.name, rec.version)
+        seen = self._tombstones_seen.get(t)
+        if seen is None:
+            if len(self._tombstones_seen) >= TOMBSTONES_TRACKED:
+                return False
+            seen = self._tombstones_seen[t] = time.monotonic()
+        asked.add(t)
+        return (now - version_time_ns(rec.version) > self.gc_grace_ns
+                and time.monotonic() - seen > self.gc_grace_ns / 1e9)
 
     # -- one pass ----------------------------------------------------------------------------------
 
@@ -134,7 +154,12 @@ class Repairer:
                         snap.total)
             return stats
         if self.me is None or self.me == min(n.id for n in nodes):
-            stats.kv_copied = await copy_back(self.client, nodes, self._owners_of_key, buckets=snap)
+            asked: set[tuple[str, str, str]] = set()
+            kv = await copy_back(self.client, nodes, self._owners_of_key, buckets=snap,
+                                 members=[n.id for n in self.view.all_nodes()],
+                                 aged=lambda r: self._tombstone_aged(r, wall_ns(), asked))
+            self._tombstones_seen = {t: seen for t, seen in self._tombstones_seen.items() if t in asked}
+            stats.kv_copied, stats.kv_forgotten = kv.copied, kv.forgotten
         buckets = {name: (r.value.get("pool"), r.value.get("versioning")) for name, r in snap.newest.items()
                    if not r.deleted}
         rings = [self.view.ring(None)] + [self.view.ring(p.name) for p in self.view.map.pools]

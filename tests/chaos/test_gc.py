@@ -127,6 +127,23 @@ def test_uncommitted_shards_go_after_the_grace_and_parts_in_use_stay(dev_cluster
                "no pending shard left once the upload completed", interval=0.5)
     assert md5(s3.get_object(Bucket="gcb", Key="big")["Body"].read()) == md5(part1 + part2)
 
+    # The upload's and its parts' tombstones go too, past gc_grace, from every node: nothing of it is left.
+    assert kv_documents(cluster, "upload") + kv_documents(cluster, "part") > 0
+    wait_until(lambda: kv_documents(cluster, "upload") + kv_documents(cluster, "part") == 0,
+               FAST_REPAIR["gc_grace"] + 20, "the upload's tombstones removed from every node", interval=0.5)
+    assert md5(s3.get_object(Bucket="gcb", Key="big")["Body"].read()) == md5(part1 + part2)
+    assert s3.list_multipart_uploads(Bucket="gcb").get("Uploads", []) == []
+
+
+def kv_documents(cluster: DevCluster, ns: str) -> int:
+    """Documents of a namespace held over all nodes, tombstones included."""
+    async def count() -> int:
+        async with cluster.node_client(timeout=5.0) as client:
+            held = await asyncio.gather(*(client.list_kv(n, ns) for n in cluster.cluster_map().nodes))
+            return sum(len(docs) for docs in held)
+
+    return asyncio.run(count())
+
 
 def _healths(cluster: DevCluster) -> list[dict[str, Any]]:
     async def ask() -> list[dict[str, Any]]:

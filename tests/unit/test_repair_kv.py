@@ -154,3 +154,86 @@ async def test_objects_of_a_bucket_without_a_record_keep_every_version(tmp_path:
         assert versions_held(c, "k") == {first, second}
     finally:
         await c.close()
+
+
+def tombstone(ns: str, name: str, age: float = 0.0) -> KVRecord:
+    """A tombstone whose version is `age` seconds old."""
+    v = new_version()
+    stamp = int(v[:16], 16) - int(age * 1e9)
+    return KVRecord(ns, name, f"{stamp:016x}{v[16:]}", {}, deleted=True)
+
+
+async def forget_passes(c: MiniCluster, repairer: Repairer, passes: int = 2) -> list[int]:
+    """Passes of one repairer a moment apart (a tombstone must be seen a grace period before it goes)."""
+    out = []
+    for _ in range(passes):
+        out.append((await repairer.run_pass()).kv_forgotten)
+        await asyncio.sleep(0.05)
+    return out
+
+
+async def test_tombstones_everyone_holds_are_forgotten_after_the_grace(tmp_path: Path) -> None:
+    """A finished multipart upload leaves a tombstone per part and one for the upload, a deleted bucket or user
+    one each: once every node holds them (or lacks the name) and the grace is over, they go everywhere."""
+    c = await start_cluster(tmp_path)
+    try:
+        ids = [n.id for n in c.nodes]
+        put_kv(c, bucket_record(None), ids)
+        upload_id = "ef" * 16
+        owners = [n.id for n in c.owners("big")]
+        gone = [tombstone(UPLOADS, f"{BUCKET}{SEP}{upload_id}", age=1),
+                *(tombstone(PARTS, f"{upload_id}{SEP}{i:05d}", age=1) for i in range(1, 4))]
+        for rec in gone:
+            put_kv(c, rec, owners)
+        old_bucket = tombstone(BUCKETS, "dropped", age=1)
+        put_kv(c, old_bucket, ids)
+        user = tombstone(USERS, "AKGONE", age=1)
+        put_kv(c, user, ids[:5])  # n6 never had the user: nothing there to come back
+        repairer = Repairer(c.view, c.client, c.io, gc_grace=0.5)
+        assert await forget_passes(c, repairer, 1) == [0]  # first seen: the grace starts
+        await asyncio.sleep(0.6)
+        fresh = tombstone(BUCKETS, "just-dropped", age=0)
+        put_kv(c, fresh, ids)
+        assert await forget_passes(c, repairer, 1) == [len(gone) + 2]
+        for rec in (*gone, old_bucket, user):
+            assert set(holders(c, rec.ns, rec.name).values()) == {None}, rec.name
+        assert set(holders(c, BUCKETS, "just-dropped").values()) == {fresh.version}  # inside its grace
+        assert set(holders(c, BUCKETS, BUCKET).values()) != {None}  # live documents stay
+    finally:
+        await c.close()
+
+
+async def test_a_tombstone_stays_while_an_older_copy_may_come_back(tmp_path: Path) -> None:
+    """An older copy somewhere (a node down during the delete), a node of the map unheard, or a document
+    written again since: the tombstone, or the new document, stays."""
+    c = await start_cluster(tmp_path)
+    try:
+        ids = [n.id for n in c.nodes]
+        put_kv(c, bucket_record(None), ids)
+        live = KVRecord(USERS, "AKBACK", new_version(), {"secret": "s"})
+        put_kv(c, live, ids)
+        dead = tombstone(USERS, "AKBACK")
+        put_kv(c, dead, ids[:5])  # n6 still holds the live user
+        # copy_back brings n6 the tombstone in the first pass; after that it may go
+        repairer = Repairer(c.view, c.client, c.io, gc_grace=0)
+        await forget_passes(c, repairer, 1)
+        assert set(holders(c, USERS, "AKBACK").values()) == {dead.version}
+        assert sum(await forget_passes(c, repairer, 2)) == 1
+        assert set(holders(c, USERS, "AKBACK").values()) == {None}
+
+        other = tombstone(USERS, "AKQUIET")
+        put_kv(c, other, ids)
+        unheard = Repairer(c.view, c.client, c.io, alive=lambda n: n.id != ids[3], gc_grace=0)
+        assert await forget_passes(c, unheard) == [0, 0]  # n4 could hold an older copy nobody heard of
+        assert set(holders(c, USERS, "AKQUIET").values()) == {other.version}
+
+        # Written again between the snapshot and the removal: the node keeps the newer document.
+        again = KVRecord(USERS, "AKQUIET", new_version(), {"secret": "new"})
+        c.store(ids[0]).put_kv(again)
+        assert await c.client.forget_kv(c.nodes[0], USERS, "AKQUIET", other.version) is False
+        assert await c.client.forget_kv(c.nodes[1], USERS, "AKQUIET", other.version) is True
+        assert c.store(ids[0]).get_kv(USERS, "AKQUIET") == again
+        # a live document is never removed, even named with its own version
+        assert await c.client.forget_kv(c.nodes[0], USERS, "AKQUIET", again.version) is False
+    finally:
+        await c.close()
