@@ -498,8 +498,8 @@ async def list_entries(request: web.Request) -> web.Response:
 
 async def partition_digest(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    digest, count, size = await node.sql(node.store.partition_digest, int(request.match_info["p"]))
-    return _packed({"digest": digest, "count": count, "bytes": size})
+    digest, count, size, markers = await node.sql(node.store.partition_digest, int(request.match_info["p"]))
+    return _packed({"digest": digest, "count": count, "bytes": size, "markers": markers})
 
 
 async def partition_digests(request: web.Request) -> web.Response:

@@ -104,8 +104,8 @@ def _healthy(rec: ObjectRecord, blob_state: Callable[[str], str | None]) -> bool
                for p in rec.parts)
 
 
-def _digest(kept: list[int]) -> tuple[str, int, int]:
-    return f"{kept[0]:016x}", kept[1], kept[2]
+def _digest(kept: list[int]) -> tuple[str, int, int, int]:
+    return f"{kept[0]:016x}", kept[1], kept[2], kept[3]
 
 
 def _object_row(rec: ObjectRecord, partition: int) -> tuple[Any, ...]:
@@ -148,8 +148,8 @@ class Store:
         # here (SQL thread only), and a digest follows its partition by parts: a digest is a sum of one
         # term per healthy version, and each write to a record or a blob row first notes the terms of the
         # versions it may change (`_version_changing`); the next ask recomputes just those (`_settle`).
-        self._digests: dict[int, list[int]] = {}  # partition -> [sum of terms mod 2^64, count, bytes]
-        self._before: dict[int, dict[tuple[str, str, str], tuple[int, int, int]]] = {}  # noted terms
+        self._digests: dict[int, list[int]] = {}  # partition -> [sum of terms mod 2^64, count, bytes, markers]
+        self._before: dict[int, dict[tuple[str, str, str], tuple[int, int, int, int]]] = {}  # noted terms
         self._held: set[int] | None = None
         self.corrupt_found = self._counter("corrupt_found")
         self.swept = self.sweep_temp_files()
@@ -376,7 +376,7 @@ class Store:
         db = self._db
         results: list[list[str] | Exception] = []
         paths: list[str] = []
-        terms: list[tuple[int, int, int]] = []  # (partition, term, size) of new versions written the short way
+        terms: list[tuple[int, int, int, bool]] = []  # (partition, term, size, deleted) of versions written the short way
         fast: set[int] = set()  # indexes of the records written so
         with _transaction(db):
             for i, rec in enumerate(recs):
@@ -394,12 +394,13 @@ class Store:
                 else:
                     results.append([])
                 db.execute("RELEASE rec")
-        for p, term, size in terms:  # committed: their partitions' kept digests gain them
+        for p, term, size, deleted in terms:  # committed: their partitions' kept digests gain them
             kept = self._digests.get(p)
             if kept is not None:
                 kept[0] = (kept[0] + term) & _MASK64
                 kept[1] += 1
                 kept[2] += size
+                kept[3] += deleted
         keys = Counter((rec.bucket, rec.key) for rec in recs) if len(recs) > 1 else None
         for i, rec in enumerate(recs):
             if isinstance(results[i], Exception):
@@ -415,7 +416,7 @@ class Store:
         return results, paths
 
     def _write_new_inline(self, rec: ObjectRecord, older_limit: int,
-                          terms: list[tuple[int, int, int]]) -> list[str] | None:
+                          terms: list[tuple[int, int, int, bool]]) -> list[str] | None:
         """Write a record the short way if it is the first of its version here and all its parts are inline
         (a small object's shard, a delete marker): no blob to check, no shard file to free, nothing to
         undo, and its digest term is known without reading it back (noted in `terms`, added once the
@@ -434,7 +435,7 @@ class Store:
         db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", _object_row(rec, partition))
         if partition in self._digests and (rec.bucket, rec.key, rec.version) not in self._before.get(partition, ()):
             # (A noted version, one removed since the digest was last asked, gets its term when it settles.)
-            terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size))
+            terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size, rec.deleted))
         return newest[:older_limit]
 
     def _write_record(self, rec: ObjectRecord) -> list[str]:
@@ -605,10 +606,11 @@ class Store:
         return out
 
     @on_sql_thread
-    def partition_digest(self, partition: int) -> tuple[str, int, int]:
+    def partition_digest(self, partition: int) -> tuple[str, int, int, int]:
         """The partition's healthy versions summed up: a 64-bit sum of one xxh3 term per healthy version
-        (of its bucket, key, version and deleted flag), their count, and the sum of their object sizes
-        (what a repair pass reports as bytes scanned).
+        (of its bucket, key, version and deleted flag), their count, the sum of their object sizes (what a
+        repair pass reports as bytes scanned), and how many of them are delete markers (repair looks into
+        a partition holding some now and then, to remove those nothing needs).
 
         Shard indexes are left out on purpose: owners hold different indexes of the same versions,
         so equal digests mean the owners agree on which versions they hold intact. A sum does not
@@ -654,22 +656,23 @@ class Store:
     def _settle(self, partition: int, kept: list[int]) -> None:
         """Replace the noted terms of a kept digest with the terms of those versions now (SQL thread)."""
         noted = self._before.pop(partition, None)
-        for (b, k, v), (h0, n0, s0) in (noted or {}).items():
-            h1, n1, s1 = self._term(partition, b, k, v)
+        for (b, k, v), (h0, n0, s0, d0) in (noted or {}).items():
+            h1, n1, s1, d1 = self._term(partition, b, k, v)
             kept[0] = (kept[0] + h1 - h0) & _MASK64
             kept[1] += n1 - n0
             kept[2] += s1 - s0
+            kept[3] += d1 - d0
 
-    def _term(self, partition: int, bucket: str, key: str, version: str) -> tuple[int, int, int]:
-        """A version's part of its partition's digest: (xxh3 term, 1, size) if this node holds any healthy
-        record of it, else zeros: what `_fresh_sum` adds for it (SQL thread)."""
+    def _term(self, partition: int, bucket: str, key: str, version: str) -> tuple[int, int, int, int]:
+        """A version's part of its partition's digest: (xxh3 term, 1, size, 1 if a delete marker) if this node
+        holds any healthy record of it, else zeros: what `_fresh_sum` adds for it (SQL thread)."""
         rows = self._db.execute("SELECT shard, deleted, record FROM objects WHERE bucket=? AND key=? AND version=? "
                                 "AND partition=? ORDER BY shard", (bucket, key, version, partition)).fetchall()
         for shard, deleted, packed in rows:
             recs = self._readable([(bucket, key, version, shard, packed)])
             if recs and _healthy(recs[0], lambda blob, shard=shard: self._blob_state(blob, shard, partition)):
-                return _term(bucket, key, version, bool(deleted)), 1, recs[0].size
-        return 0, 0, 0
+                return _term(bucket, key, version, bool(deleted)), 1, recs[0].size, int(bool(deleted))
+        return 0, 0, 0, 0
 
     def _blob_state(self, blob: str, shard: int, partition: int) -> str | None:
         row = self._db.execute("SELECT state FROM blobs WHERE blob=? AND shard=? AND partition=?",
@@ -690,16 +693,16 @@ class Store:
         self._digests[partition] = fresh
         return kept is not None and kept != fresh
 
-    EMPTY_DIGEST = (f"{0:016x}", 0, 0)
+    EMPTY_DIGEST = (f"{0:016x}", 0, 0, 0)
     """The digest of a partition without records (one with none healthy has it too)."""
 
     @on_sql_thread
-    def fresh_digest(self, partition: int) -> tuple[str, int, int]:
+    def fresh_digest(self, partition: int) -> tuple[str, int, int, int]:
         """partition_digest computed from the rows, kept digest left alone."""
         return _digest(self._fresh_sum(partition))
 
     def _fresh_sum(self, partition: int) -> list[int]:
-        total = n = size = 0
+        total = n = size = markers = 0
         last = None
         for b, k, v, _, d, healthy, nbytes in self._summaries(partition):
             if not healthy or (b, k, v) == last:
@@ -708,10 +711,11 @@ class Store:
             total += _term(b, k, v, d)
             n += 1
             size += nbytes
-        return [total & _MASK64, n, size]
+            markers += bool(d)
+        return [total & _MASK64, n, size, markers]
 
     @on_sql_thread
-    def kept_digests(self) -> tuple[dict[int, tuple[str, int, int]], list[int]]:
+    def kept_digests(self) -> tuple[dict[int, tuple[str, int, int, int]], list[int]]:
         """The digests kept of the partitions held and unchanged since last asked, and the other held
         partitions (each then asked alone, so writes go on between them)."""
         held = self.partitions_held()

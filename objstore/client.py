@@ -49,12 +49,14 @@ class DiskFull(NodeError):
     """507: the node's disk is full; nothing of the upload was kept."""
 
 
-Digest = tuple[str, int, int]
-"""A partition's digest on one node: xxh3 of its healthy versions, how many, and the sum of their sizes."""
+Digest = tuple[str, int, int, int]
+"""A partition's digest on one node: xxh3 of its healthy versions, how many, the sum of their sizes, and how
+many of them are delete markers."""
 
 
 def _digest(d: Sequence[Any]) -> Digest:
-    return str(d[0]), int(d[1]), int(d[2]) if len(d) > 2 else 0  # a node before sizes: 0 bytes
+    # A node from before sizes or marker counts answers fewer fields: 0 of those.
+    return str(d[0]), int(d[1]), int(d[2]) if len(d) > 2 else 0, int(d[3]) if len(d) > 3 else 0
 
 
 @dataclass
@@ -387,7 +389,7 @@ class NodeClient:
 
     async def partition_digest(self, node: NodeInfo, partition: int) -> Digest:
         d = await self._unpack(node, "GET", f"/partition/{int(partition)}/digest")
-        return _digest((d["digest"], d["count"], d.get("bytes", 0)))
+        return _digest((d["digest"], d["count"], d.get("bytes", 0), d.get("markers", 0)))
 
     async def partition_digests(self, node: NodeInfo) -> PartitionDigests:
         """The digest and count of every partition the node holds, in one call."""

@@ -111,6 +111,7 @@ class Repairer:
         self.last = RepairStats()
         self._first_seen: dict[tuple[str, str, str], float] = {}
         self._tombstones_seen: dict[tuple[str, str, str], float] = {}  # (ns, name, version) -> monotonic
+        self._markers_seen: dict[tuple[str, int], float] = {}  # (pool, partition) -> monotonic, see _markers_due
         self.gate: Callable[[], Awaitable[None]] | None = None
         """Awaited before each partition scan and each object rebuilt: a node's pause holds a pass there."""
 
@@ -263,7 +264,8 @@ class Repairer:
         stats.bytes_scanned += max((d[2] for d in by_node.values()), default=0)
         # Equal digests say the owners hold the same versions, not how many shards each: an owner with
         # two slots (a pool smaller than k+m) may hold one, so such partitions are always drilled into.
-        if len(owner_digests) == 1 and None not in owner_digests and not others_hold and plain:
+        in_sync = len(owner_digests) == 1 and None not in owner_digests and not others_hold and plain
+        if in_sync and not self._markers_due(ring, p, next(iter(owner_digests))[3]):  # type: ignore[index]
             stats.partitions_in_sync += 1
             count = next(iter(owner_digests))[1]  # type: ignore[index]
             stats.objects_total += count
@@ -291,12 +293,37 @@ class Repairer:
             tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioning, now, stats, complete)
         return tasks
 
+    def _markers_due(self, ring: Ring, p: int, markers: int) -> bool:
+        """Whether an in-sync partition holding delete markers is to be looked into anyway, for markers nothing
+        needs any more (`_plan_key`): once it has held some for a grace period, then once per grace period."""
+        slot = (ring.pool.name, p)
+        if not markers:
+            self._markers_seen.pop(slot, None)
+            return False
+        now = time.monotonic()
+        since = self._markers_seen.setdefault(slot, now)
+        if now - since < self.gc_grace_ns / 1e9:
+            return False
+        self._markers_seen[slot] = now
+        return True
+
     async def _plan_key(self, ring: Ring, p: int, owners: list[NodeInfo], bucket: str, key: str,
                         versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioning: str | None,
                         now: int, stats: RepairStats, complete: bool) -> list[Task]:
         k, width = ring.ec.k, ring.ec.width
         owner_ids = {n.id for n in owners}
         ordered = sorted(versions, reverse=True)
+        if versioning is None and complete and len(ordered) == 1:
+            # A delete marker of a bucket never versioned that is the only version of its key anywhere
+            # (every node heard) hides nothing any more: past the grace period it goes too, or every
+            # deleted key would stay in the records, and in every listing's way, for good. Its age is its
+            # version's time: the monotonic side of the grace is `_markers_due`'s, per partition (a
+            # per-version clock for a million deleted keys would not fit `_first_seen`).
+            entries = versions[ordered[0]]
+            if all(deleted for _, _, deleted, _ in entries) and now - version_time_ns(ordered[0]) > self.gc_grace_ns:
+                await self._remove_everywhere(bucket, key, ordered[0], {n.id: n for n, _, _, _ in entries})
+                stats.garbage_removed += 1
+                return []
         visible = [v for v in ordered if len({s for _, s, _, h in versions[v] if h}) >= k]
         # What a write retires (gateway/versioning.py): a null version is replaced by a newer null version
         # unless versioning is Enabled; a version written while it was Enabled stays until deleted by id.

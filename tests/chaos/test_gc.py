@@ -152,3 +152,43 @@ def _healths(cluster: DevCluster) -> list[dict[str, Any]]:
             return list(await asyncio.gather(*(client.health(n) for n in nodes)))
 
     return asyncio.run(ask())
+
+
+def test_deleted_keys_leave_no_record_behind(dev_cluster_factory: Any) -> None:
+    """A bucket never versioned: its deleted keys' delete markers go after gc_grace, from every node, and the
+    listing never shows them meanwhile; a versioned bucket keeps its markers."""
+    cluster = dev_cluster_factory(down_after=2.0, node_settings=FAST_REPAIR)
+    s3 = cluster.s3()
+    s3.create_bucket(Bucket="churn")
+    s3.create_bucket(Bucket="history")
+    s3.put_bucket_versioning(Bucket="history", VersioningConfiguration={"Status": "Enabled"})
+    for bucket in ("churn", "history"):
+        for i in range(12):
+            s3.put_object(Bucket=bucket, Key=f"tmp/{i}", Body=payload(i, 5000 if i % 2 else 300_000))
+        for i in range(12):
+            s3.delete_object(Bucket=bucket, Key=f"tmp/{i}")
+    s3.put_object(Bucket="churn", Key="kept", Body=b"still here")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="churn").get("Contents", [])] == ["kept"]
+    started = time.monotonic()
+    wait_until(lambda: records_of(cluster, "churn") == {"kept"}, FAST_REPAIR["gc_grace"] * 3 + 30,
+               "the delete markers of the deleted keys removed from every node", interval=0.5)
+    took = time.monotonic() - started
+    assert records_of(cluster, "history") == {f"tmp/{i}" for i in range(12)}  # versions: they stay
+    assert s3.get_object(Bucket="churn", Key="kept")["Body"].read() == b"still here"
+    markers = s3.list_object_versions(Bucket="history").get("DeleteMarkers", [])
+    assert len(markers) == 12
+    print(f"\n12 delete markers gone from every node {took:.1f}s after the deletes (gc_grace "
+          f"{FAST_REPAIR['gc_grace']:g}s); the versioned bucket's 12 kept")
+
+
+def records_of(cluster: DevCluster, bucket: str) -> set[str]:
+    """Keys of `bucket` any node holds a record of (delete markers included)."""
+    async def keys() -> set[str]:
+        async with cluster.node_client(timeout=5.0) as client:
+            nodes = list(cluster.cluster_map().nodes)
+            partitions = await asyncio.gather(*(client.partitions_held(n) for n in nodes))
+            rows = await asyncio.gather(*(client.partition_records(n, p) for n, held in zip(nodes, partitions)
+                                          for p in held))
+            return {key for r in rows for b, key, *_ in r if b == bucket}
+
+    return asyncio.run(keys())

@@ -233,7 +233,7 @@ def test_quarantine_of_a_shard_changes_the_digest_of_its_partition(store: Store)
     write_blob(store, "x", 0, p)
     store.put_record(record("a", "v1", 0, "blob", "x"))
     store.put_record(record("a", "v0", 0, "inline"))
-    healthy, count, size = store.partition_digest(p)
+    healthy, count, size, _ = store.partition_digest(p)
     assert count == 2
     row = store.blob("x", 0)
     assert row is not None
@@ -241,7 +241,7 @@ def test_quarantine_of_a_shard_changes_the_digest_of_its_partition(store: Store)
     assert store.partition_digest(p) == store.fresh_digest(p)
     assert store.partition_digest(p)[1] == 1
     write_blob(store, "x", 0, p)  # rebuilt by repair: whole again
-    assert store.partition_digest(p) == (healthy, 2, size)
+    assert store.partition_digest(p) == (healthy, 2, size, 0)
 
 
 def test_held_partitions_follow_puts_and_deletes(store: Store) -> None:

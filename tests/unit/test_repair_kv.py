@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from objstore.kv import BUCKETS, PARTS, SEP, UPLOADS, USERS
-from objstore.records import KVRecord
+from objstore.records import KVRecord, ObjectRecord
 from objstore.repair import Repairer
-from objstore.versions import NULL_MARK, new_version
+from objstore.versions import NULL_MARK, new_version, version_time_ns
 from tests.unit.objects_harness import BUCKET, MiniCluster, payload, put, read, start_cluster
 
 
@@ -235,5 +235,100 @@ async def test_a_tombstone_stays_while_an_older_copy_may_come_back(tmp_path: Pat
         assert c.store(ids[0]).get_kv(USERS, "AKQUIET") == again
         # a live document is never removed, even named with its own version
         assert await c.client.forget_kv(c.nodes[0], USERS, "AKQUIET", again.version) is False
+    finally:
+        await c.close()
+
+
+async def delete(c: MiniCluster, key: str, version: str) -> None:
+    """What a gateway DELETE does in a bucket not versioned: a delete marker, then the older versions retired."""
+    ring = c.ring
+    template = ObjectRecord(bucket=BUCKET, key=key, version=version, shard=0, ec=ring.ec, deleted=True,
+                            created=version_time_ns(version))
+    done = await c.io.commit(ring, ring.partition_of(BUCKET, key), template, [])
+    await c.io.prune(ring, BUCKET, key, keep=version, seen=done)
+
+
+def markers_held(c: MiniCluster) -> int:
+    """Delete markers counted in the partition digests of every node."""
+    return sum(c.store(n.id).partition_digest(p)[3] for n in c.nodes for p in c.store(n.id).partitions_held())
+
+
+async def test_delete_markers_nothing_needs_go_after_the_grace(tmp_path: Path) -> None:
+    """Deleted keys of a bucket never versioned leave no record behind, once the grace is over; a versioned
+    or suspended bucket keeps its markers (they are versions), and a key with an older version somewhere
+    keeps its marker."""
+    c = await start_cluster(tmp_path)
+    try:
+        ids = [n.id for n in c.nodes]
+        put_kv(c, bucket_record(None), ids)
+        for state, name in (("Enabled", "kept"), ("Suspended", "paused")):
+            put_kv(c, KVRecord(BUCKETS, name, new_version(), {"owner": "AK", "versioning": state, "pool": None}),
+                   ids)
+        keys = [f"gone/{i}" for i in range(8)]
+        for key in keys:
+            await put(c, key, payload(3000, seed=len(key)))
+            await delete(c, key, versioned_id(null=True))
+        assert markers_held(c) == len(keys) * (c.ring.ec.width)
+        await put(c, "stays", payload(100))
+        # The same in the versioned and the suspended buckets (other bucket names, same harness).
+        for name in ("kept", "paused"):
+            ring = c.ring
+            v = versioned_id(null=name == "paused")
+            template = ObjectRecord(bucket=name, key="k", version=v, shard=0, ec=ring.ec, deleted=True,
+                                    created=version_time_ns(v))
+            await c.io.commit(ring, ring.partition_of(name, "k"), template, [])
+
+        repairer = Repairer(c.view, c.client, c.io, gc_grace=0.3)
+        await repairer.run_pass()  # the partitions with markers are noted
+        assert all(versions_held(c, key) for key in keys)  # inside the grace: nothing goes
+        await asyncio.sleep(0.4)
+        stats = await repairer.run_pass()
+        assert stats.garbage_removed >= len(keys)
+        assert not any(versions_held(c, key) for key in keys)
+        assert await read(c, "stays") == payload(100)
+        for name in ("kept", "paused"):
+            assert any(c.store(n).versions(name, "k") for n in ids), name
+        assert markers_held(c) == 2 * c.ring.ec.width  # the versioned and suspended buckets' markers
+    finally:
+        await c.close()
+
+
+async def test_a_delete_marker_stays_while_a_node_is_unheard_or_an_older_version_is_left(tmp_path: Path) -> None:
+    c = await start_cluster(tmp_path)
+    try:
+        ids = [n.id for n in c.nodes]
+        put_kv(c, bucket_record(None), ids)
+        await put(c, "lone", payload(2000, seed=3), version=versioned_id(null=True))
+        missed = c.store(ids[2]).versions(BUCKET, "lone")
+        marker = versioned_id(null=True)
+        await delete(c, "lone", marker)
+        # n3 was down during the delete: it holds the older version and no marker.
+        c.store(ids[2]).drop_records([(BUCKET, "lone", marker)])
+        for rec in missed:
+            c.store(ids[2]).put_record(rec)
+        await put(c, "older", payload(2000, seed=4), version=versioned_id(null=True))
+        old = versions_held(c, "older")
+        # A delete whose prune of the older version never ran (its gateway died): that version is still there.
+        ring = c.ring
+        v = versioned_id(null=True)
+        template = ObjectRecord(bucket=BUCKET, key="older", version=v, shard=0, ec=ring.ec, deleted=True,
+                                created=version_time_ns(v))
+        await c.io.commit(ring, ring.partition_of(BUCKET, "older"), template, [])
+
+        unheard = Repairer(c.view, c.client, c.io, alive=lambda n: n.id != ids[2], gc_grace=0)
+        for _ in range(2):
+            await unheard.run_pass()
+            await asyncio.sleep(0.05)
+        # n3 unheard: the marker stays, it may hide an older version there (it does)
+        assert all(marker in {r.version for r in c.store(n).versions(BUCKET, "lone")} for n in ids if n != ids[2])
+
+        repairer = Repairer(c.view, c.client, c.io, gc_grace=0)
+        for _ in range(5):  # the marker rebuilt on n3, the older version retired, then the marker
+            await repairer.run_pass()
+            await asyncio.sleep(0.05)
+        assert not versions_held(c, "lone")
+        # The older version goes first (superseded), the marker on a later pass: never the marker alone.
+        assert not versions_held(c, "older") & old
+        assert await read(c, "older") is None
     finally:
         await c.close()
