@@ -332,14 +332,17 @@ class Repairer:
         tasks = []
         for v in ordered:
             entries = versions[v]
-            old = self._aged(bucket, key, v, now)
             healthy_idx = {s for _, s, _, h in entries if h}
             # An older version goes only once the newer one has stood past the grace period too: a newer
             # write that is failing may show k records for a moment before its cleanup removes them.
-            superseded = (newest is not None and v < newest and is_null(v)
-                          and self._aged(bucket, key, newest, now) and len(_healthy(versions[newest])) == width)
+            replaced = newest is not None and v < newest and is_null(v)
+            superseded = (newest is not None and replaced and self._aged(bucket, key, newest, now)
+                          and len(_healthy(versions[newest])) == width)
             # A write that never reached k nodes (damaged shards still count: unreadable is not garbage).
             failed = complete and len({s for _, s, _, _ in entries}) < k
+            # Only versions that may go are timed: timing every version of every partition looked into filled
+            # `_first_seen` past its bound (and emptied it) on a bucket of a few hundred thousand objects.
+            old = (replaced or failed or len(healthy_idx) < k) and self._aged(bucket, key, v, now)
             if (superseded or failed) and old:
                 await self._remove_everywhere(bucket, key, v, {n.id: n for n, _, _, _ in entries})
                 stats.garbage_removed += 1

@@ -332,3 +332,22 @@ async def test_a_delete_marker_stays_while_a_node_is_unheard_or_an_older_version
         assert await read(c, "older") is None
     finally:
         await c.close()
+
+
+async def test_only_versions_that_may_go_are_timed(tmp_path: Path) -> None:
+    """The grace clock of a pass is kept for garbage candidates only, not for every healthy version it looks
+    at (with a few hundred thousand of those it overflowed, and emptied, and nothing was ever old enough)."""
+    c = await start_cluster(tmp_path)
+    try:
+        put_kv(c, bucket_record(None), [n.id for n in c.nodes])
+        keys = [f"k{i}" for i in range(20)]
+        for key in keys:
+            await put(c, key, payload(1000, seed=len(key)), version=versioned_id(null=True))
+            failed_write(c, key)  # every partition out of sync: each is looked into, key by key
+        repairer = Repairer(c.view, c.client, c.io, gc_grace=3600)
+        stats = await repairer.run_pass()
+        assert stats.objects_scanned >= len(keys)
+        timed = {key for _, key, _ in repairer._first_seen}
+        assert timed == set(keys) and len(repairer._first_seen) == len(keys)  # the failed writes alone
+    finally:
+        await c.close()
