@@ -205,48 +205,50 @@ async def run_compare(systems: Sequence[System], plan: ComparePlan, payloads: Pa
     overhead = await measure_overhead(systems, payloads, plan, reporter)
     rows: list[dict[str, Any]] = []
     turn = 0
-    for size in plan.sizes:
-        await payloads.ensure(size)
-        spaces = {s.name: KeySpace(PREFIX, size) for s in systems}
+    try:
+        for size in plan.sizes:
+            await payloads.ensure(size)
+            spaces = {s.name: KeySpace(PREFIX, size) for s in systems}
+            for system in systems:
+                async with new_session() as session:
+                    await warm_up(system.client(session, payloads), f"{PREFIX}warm-up/{size}", size)
+            for workload, concurrency, round_ in plan.cells(size):
+                order = [systems[(turn + i) % len(systems)] for i in range(len(systems))]
+                turn += 1
+                for position, system in enumerate(order):
+                    keys = spaces[system.name]
+                    refill_failed = 0
+                    if workload != "put":
+                        async with new_session() as session:
+                            refill_failed = await fill(system.client(session, payloads), keys, plan.working_set(size))
+                    max_ops = plan.max_ops
+                    if workload in plan.bytes_bound:
+                        max_ops = min(max_ops, max(1, plan.max_bytes // size))
+                    others = [s for s in systems if s is not system]
+                    held = await hold_others(system, others, plan)
+                    settled = await settle(plan.settle_seconds, plan.quiet_cores)
+                    before, stores_before, began = machine_cpu_seconds(), store_cpu(others), time.monotonic()
+                    result, samples = await measure(system, payloads, keys, workload, concurrency, max_ops=max_ops,
+                                                    max_seconds=plan.seconds, seed=seed + turn)
+                    measured = result.to_json()
+                    stores = {name: used - stores_before[name] for name, used in store_cpu(others).items()}
+                    machine = machine_share(before, machine_cpu_seconds(), time.monotonic() - began, measured, stores)
+                    every = [lat for lats in samples.values() for lat in lats]
+                    rows.append({"system": system.name, "workload": workload, "size": size, "concurrency": concurrency,
+                                 "round": round_, "position": position, "refill_failed": refill_failed,
+                                 "settle_s": settled, "held": held, "machine": machine,
+                                 "result": by_role(measured, system.roles), "cdf_ms": cdf_points(every)})
+                    reporter.step(f"{workload} {format_size(size)} x{concurrency} on {system.name}: "
+                                  f"{result.ops_per_s:,.0f} ops/s, {result.mb_per_s:,.1f} MB/s")
+                    if result.errors:
+                        reporter.log(f"[red]{system.name} {workload} {format_size(size)} x{concurrency}: "
+                                     f"{result.errors} errors[/red] {result.errors_by_kind} {result.first_error[:200]}")
+            for system in systems:
+                async with new_session() as session:
+                    await delete_all(system.client(session, payloads), spaces[system.name])
+    finally:  # a run that fails leaves no store paused for long (the pause also runs out by itself)
         for system in systems:
-            async with new_session() as session:
-                await warm_up(system.client(session, payloads), f"{PREFIX}warm-up/{size}", size)
-        for workload, concurrency, round_ in plan.cells(size):
-            order = [systems[(turn + i) % len(systems)] for i in range(len(systems))]
-            turn += 1
-            for position, system in enumerate(order):
-                keys = spaces[system.name]
-                refill_failed = 0
-                if workload != "put":
-                    async with new_session() as session:
-                        refill_failed = await fill(system.client(session, payloads), keys, plan.working_set(size))
-                max_ops = plan.max_ops
-                if workload in plan.bytes_bound:
-                    max_ops = min(max_ops, max(1, plan.max_bytes // size))
-                others = [s for s in systems if s is not system]
-                held = await hold_others(system, others, plan)
-                settled = await settle(plan.settle_seconds, plan.quiet_cores)
-                before, stores_before, began = machine_cpu_seconds(), store_cpu(others), time.monotonic()
-                result, samples = await measure(system, payloads, keys, workload, concurrency, max_ops=max_ops,
-                                                max_seconds=plan.seconds, seed=seed + turn)
-                measured = result.to_json()
-                stores = {name: used - stores_before[name] for name, used in store_cpu(others).items()}
-                machine = machine_share(before, machine_cpu_seconds(), time.monotonic() - began, measured, stores)
-                every = [lat for lats in samples.values() for lat in lats]
-                rows.append({"system": system.name, "workload": workload, "size": size, "concurrency": concurrency,
-                             "round": round_, "position": position, "refill_failed": refill_failed,
-                             "settle_s": settled, "held": held, "machine": machine,
-                             "result": by_role(measured, system.roles), "cdf_ms": cdf_points(every)})
-                reporter.step(f"{workload} {format_size(size)} x{concurrency} on {system.name}: "
-                              f"{result.ops_per_s:,.0f} ops/s, {result.mb_per_s:,.1f} MB/s")
-                if result.errors:
-                    reporter.log(f"[red]{system.name} {workload} {format_size(size)} x{concurrency}: "
-                                 f"{result.errors} errors[/red] {result.errors_by_kind} {result.first_error[:200]}")
-        for system in systems:
-            async with new_session() as session:
-                await delete_all(system.client(session, payloads), spaces[system.name])
-    for system in systems:
-        await system.hold_background(0)
+            await system.hold_background(0)
     return {"plan": asdict(plan) | {"overhead_objects": {str(k): v for k, v in plan.overhead_objects.items()},
                                     "targets": {str(k): v for k, v in plan.targets.items()}},
             "systems": [s.name for s in systems], "idle_cpu_cores": idle, "overhead": overhead, "cells": rows}

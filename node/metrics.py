@@ -54,7 +54,7 @@ REPAIR_GAUGES = {
     "handoffs_removed": "Handoff copies dropped once their owners were whole (current or last pass).",
     "garbage_removed": "Leftover versions removed after the grace period (current or last pass).",
     "kv_copied": "Bucket, user and upload records copied to nodes that lacked them (current or last pass).",
-    "kv_forgotten": "Deleted bucket, user and upload records removed from every node, past the grace period (current or last pass).",
+    "kv_forgotten": "Tombstones of buckets, users and uploads removed from every node (current or last pass).",
     "failures": "Objects whose rebuild failed, or passes skipped for want of bucket records (current or last pass).",
 }
 

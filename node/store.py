@@ -376,7 +376,7 @@ class Store:
         db = self._db
         results: list[list[str] | Exception] = []
         paths: list[str] = []
-        terms: list[tuple[int, int, int, bool]] = []  # (partition, term, size, deleted) of versions written the short way
+        terms: list[tuple[int, int, int, bool]] = []  # (partition, term, size, deleted) written the short way
         fast: set[int] = set()  # indexes of the records written so
         with _transaction(db):
             for i, rec in enumerate(recs):
