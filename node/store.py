@@ -31,6 +31,7 @@ from node.shards import (
 )
 from objstore.records import KVRecord, ListEntry, ObjectRecord, RecordError
 from objstore.ring import partition_of
+from objstore.versions import NULL_MARK, is_null
 
 __all__ = ["BlobMissing", "BlobReferenced", "BlobRow", "CorruptShard", "DiskFull", "Store"]
 
@@ -102,6 +103,17 @@ def _healthy(rec: ObjectRecord, blob_state: Callable[[str], str | None]) -> bool
     partition, by `blob_state`) is not quarantined. What a partition digest counts."""
     return all(p.inline is not None or (p.present and blob_state(p.blob) not in (None, "corrupt"))
                for p in rec.parts)
+
+
+def _null_marker(version: str, deleted: bool) -> int:
+    """1 for a delete marker that is a null version (its bucket was not versioned when it was written), else 0:
+    the markers a digest counts, those repair may find nothing needs. Enabled buckets' markers are versions."""
+    if not deleted or len(version) <= NULL_MARK:
+        return 0
+    try:
+        return int(is_null(version))
+    except ValueError:  # not a version id minted by a gateway
+        return 0
 
 
 def _digest(kept: list[int]) -> tuple[str, int, int, int]:
@@ -376,7 +388,7 @@ class Store:
         db = self._db
         results: list[list[str] | Exception] = []
         paths: list[str] = []
-        terms: list[tuple[int, int, int, bool]] = []  # (partition, term, size, deleted) written the short way
+        terms: list[tuple[int, int, int, int]] = []  # (partition, term, size, null marker) written the short way
         fast: set[int] = set()  # indexes of the records written so
         with _transaction(db):
             for i, rec in enumerate(recs):
@@ -394,13 +406,13 @@ class Store:
                 else:
                     results.append([])
                 db.execute("RELEASE rec")
-        for p, term, size, deleted in terms:  # committed: their partitions' kept digests gain them
+        for p, term, size, marker in terms:  # committed: their partitions' kept digests gain them
             kept = self._digests.get(p)
             if kept is not None:
                 kept[0] = (kept[0] + term) & _MASK64
                 kept[1] += 1
                 kept[2] += size
-                kept[3] += deleted
+                kept[3] += marker
         keys = Counter((rec.bucket, rec.key) for rec in recs) if len(recs) > 1 else None
         for i, rec in enumerate(recs):
             if isinstance(results[i], Exception):
@@ -416,7 +428,7 @@ class Store:
         return results, paths
 
     def _write_new_inline(self, rec: ObjectRecord, older_limit: int,
-                          terms: list[tuple[int, int, int, bool]]) -> list[str] | None:
+                          terms: list[tuple[int, int, int, int]]) -> list[str] | None:
         """Write a record the short way if it is the first of its version here and all its parts are inline
         (a small object's shard, a delete marker): no blob to check, no shard file to free, nothing to
         undo, and its digest term is known without reading it back (noted in `terms`, added once the
@@ -435,7 +447,8 @@ class Store:
         db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", _object_row(rec, partition))
         if partition in self._digests and (rec.bucket, rec.key, rec.version) not in self._before.get(partition, ()):
             # (A noted version, one removed since the digest was last asked, gets its term when it settles.)
-            terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size, rec.deleted))
+            terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size,
+                          _null_marker(rec.version, rec.deleted)))
         return newest[:older_limit]
 
     def _write_record(self, rec: ObjectRecord) -> list[str]:
@@ -609,8 +622,8 @@ class Store:
     def partition_digest(self, partition: int) -> tuple[str, int, int, int]:
         """The partition's healthy versions summed up: a 64-bit sum of one xxh3 term per healthy version
         (of its bucket, key, version and deleted flag), their count, the sum of their object sizes (what a
-        repair pass reports as bytes scanned), and how many of them are delete markers (repair looks into
-        a partition holding some now and then, to remove those nothing needs).
+        repair pass reports as bytes scanned), and how many of them are null delete markers (repair looks
+        into a partition holding some now and then, to remove those nothing needs).
 
         Shard indexes are left out on purpose: owners hold different indexes of the same versions,
         so equal digests mean the owners agree on which versions they hold intact. A sum does not
@@ -664,14 +677,14 @@ class Store:
             kept[3] += d1 - d0
 
     def _term(self, partition: int, bucket: str, key: str, version: str) -> tuple[int, int, int, int]:
-        """A version's part of its partition's digest: (xxh3 term, 1, size, 1 if a delete marker) if this node
+        """A version's part of its partition's digest: (xxh3 term, 1, size, `_null_marker`) if this node
         holds any healthy record of it, else zeros: what `_fresh_sum` adds for it (SQL thread)."""
         rows = self._db.execute("SELECT shard, deleted, record FROM objects WHERE bucket=? AND key=? AND version=? "
                                 "AND partition=? ORDER BY shard", (bucket, key, version, partition)).fetchall()
         for shard, deleted, packed in rows:
             recs = self._readable([(bucket, key, version, shard, packed)])
             if recs and _healthy(recs[0], lambda blob, shard=shard: self._blob_state(blob, shard, partition)):
-                return _term(bucket, key, version, bool(deleted)), 1, recs[0].size, int(bool(deleted))
+                return _term(bucket, key, version, bool(deleted)), 1, recs[0].size, _null_marker(version, bool(deleted))
         return 0, 0, 0, 0
 
     def _blob_state(self, blob: str, shard: int, partition: int) -> str | None:
@@ -711,7 +724,7 @@ class Store:
             total += _term(b, k, v, d)
             n += 1
             size += nbytes
-            markers += bool(d)
+            markers += _null_marker(v, bool(d))
         return [total & _MASK64, n, size, markers]
 
     @on_sql_thread

@@ -171,7 +171,7 @@ async def copy_back(client: NodeClient, nodes: Sequence[NodeInfo], placement: Pl
                     aged: Callable[[KVRecord], bool] | None = None) -> KVRepair:
     """Anti-entropy of every namespace: write the newest copy of each document (tombstones too) to each node that
     should hold it and answered without it — a node whose disk was wiped or that was down or new when it was
-    written. Returns how many copies were written.
+    written. Returns how many copies were written, and how many tombstones removed (below).
 
     A node that did not answer is left alone, so a document is never judged missing on a node nobody heard.
     Bucket and user records belong on every node; an upload and its parts on the owners of the key's

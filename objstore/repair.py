@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from objstore.client import Digest, NodeClient, NodeError, PartitionDigests
 from objstore.cluster import DEFAULT_POOL, NodeInfo
 from objstore.kv import BUCKETS, copy_back, snapshot
-from objstore.records import KVRecord
 from objstore.objects import ObjectIO, ReadFailed
+from objstore.records import KVRecord
 from objstore.ring import Ring
 from objstore.versions import is_null, version_time_ns, wall_ns
 from objstore.view import ClusterView

@@ -288,7 +288,9 @@ async def test_delete_markers_nothing_needs_go_after_the_grace(tmp_path: Path) -
         assert await read(c, "stays") == payload(100)
         for name in ("kept", "paused"):
             assert any(c.store(n).versions(name, "k") for n in ids), name
-        assert markers_held(c) == 2 * c.ring.ec.width  # the versioned and suspended buckets' markers
+        # The suspended bucket's null marker is counted (looked at now and then, kept); a versioned bucket's
+        # marker is a version like any other, and not counted: its partitions are not looked into for it.
+        assert markers_held(c) == c.ring.ec.width
     finally:
         await c.close()
 
