@@ -97,6 +97,25 @@ def _targets(plan: dict[str, Any], med: dict[tuple[str, str, int, int], dict[str
             "concurrency each target was set at.\n\n" + _table(head, body))
 
 
+def _held(rows: Sequence[dict[str, Any]]) -> str:
+    """The paragraph on the stores whose background work was paused during the others' cells, and the cores
+    each still used in them (its heartbeats); "" when none was."""
+    held = sorted({name for r in rows for name in r.get("held", [])})
+    if not held:
+        return ""
+    used = []
+    for name in held:
+        cores = sorted(r["machine"]["other_stores_cores"][name] for r in rows
+                       if name in r.get("held", []) and name in r.get("machine", {}).get("other_stores_cores", {}))
+        if cores:
+            used.append(f"{name} used a median of {cores[len(cores) // 2]:.2f} cores in them, at most "
+                        f"{cores[-1]:.2f} ({len(cores)} cells)")
+    return (f"During every cell of another store, {', '.join(held)} had its background work (repair, scrub) "
+            "paused with `objstore pause`; it ran again from the start of its own cells, so what it does in the "
+            "background counts in its own figures, not in the others'" + (": " + "; ".join(used) if used else "")
+            + ".\n")
+
+
 def _compare(data: dict[str, Any]) -> str:
     compare = data["compare"]
     plan, rows = compare["plan"], compare["cells"]
@@ -195,11 +214,9 @@ def _compare(data: dict[str, Any]) -> str:
                    "the store measured and the generator (other stores' leftovers, the kernel's writeback, other "
                    f"tenants) took a median of {others[len(others) // 2]:.2f} cores, at most {others[-1]:.2f}; "
                    "report.json has it per cell (`machine`).\n")
-    held = sorted({name for r in rows for name in r.get("held", [])})
+    held = _held(rows)
     if held:
-        out.append(f"During every cell of another store, {', '.join(held)} had its background work (repair, scrub) "
-                   "paused with `objstore pause`; it ran again from the start of its own cells, so what it does in "
-                   "the background counts in its own figures, not in the others'.\n")
+        out.append(held)
     errors = [r for r in rows if r["result"]["errors"]]
     if errors:
         out.append("### Errors\n\n" + _table(

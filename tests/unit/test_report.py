@@ -7,7 +7,7 @@ import sys
 import time
 
 from benchmarks.report_compare import HOLD_MARGIN, ComparePlan, hold_others, machine_share, settle
-from benchmarks.report_md import _targets
+from benchmarks.report_md import _held, _targets
 
 MIB = 1 << 20
 
@@ -76,3 +76,14 @@ async def test_a_cell_runs_with_the_other_stores_background_paused() -> None:
     assert ours.calls == other.calls == [5.0 + 15.0 + HOLD_MARGIN] and peer.calls == [0]
     assert await hold_others(ours, [peer, other], plan) == ["objstore-b"]  # its own cell: running again
     assert ours.calls[-1] == 0 and peer.calls[-1] > 0
+
+
+def test_the_report_says_what_a_paused_store_still_used_in_the_others_cells() -> None:
+    def row(system: str, held: list[str], cores: float) -> dict[str, object]:
+        return {"system": system, "held": held, "machine": {"other_stores_cores": {"objstore": cores, "peer": 0.0}}}
+
+    rows = [row("peer", ["objstore"], c) for c in (0.08, 0.07, 0.11)] + [row("objstore", [], 0.0)]
+    text = _held(rows)
+    assert "objstore had its background work" in text and "median of 0.08 cores" in text and "at most 0.11" in text
+    assert "(3 cells)" in text
+    assert _held([row("peer", [], 0.5)]) == ""  # nothing paused: no paragraph
