@@ -216,8 +216,21 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
         return resp
     # The share is held until the last byte is handed to the client's connection, or the request ends
     # otherwise (an error, a client that hung up); the reader is closed before it goes back.
-    async with read_share(gw.read_budget, rec, offset, length, obj.shards), \
-            contextlib.aclosing(gw.io.read(obj, offset, length)) as chunks:
+    async with read_share(gw.read_budget, rec, offset, length, obj.shards):
+        payload = gw.io.held_payload(obj, offset, length)
+        if payload is not None:
+            # One stripe, every data shard at hand: one write carries the head and the body.
+            resp = web.Response(status=status, headers=headers, body=payload)
+            await resp.prepare(req.http)
+            await resp.write_eof()
+            return resp
+        return await _stream_object(gw, req, obj, status, headers, offset, length)
+
+
+async def _stream_object(gw: Gateway, req: S3Request, obj: ObjectVersion, status: int, headers: dict[str, str], offset: int,
+                         length: int) -> web.StreamResponse:
+    """Send object bytes [offset, offset+length) stripe by stripe as they are read (the caller holds the share)."""
+    async with contextlib.aclosing(gw.io.read(obj, offset, length)) as chunks:
         first = b""
         if length:
             try:

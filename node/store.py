@@ -507,11 +507,11 @@ class Store:
     @on_sql_thread
     def get_record(self, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         """The records (one per shard held) of the newest version of a key, or of the given version."""
-        if version is None:
-            row = self._db.execute("SELECT max(version) FROM objects WHERE bucket=? AND key=?", (bucket, key)).fetchone()
-            if row is None or row[0] is None:
-                return []
-            version = str(row[0])
+        if version is None:  # one statement: the newest version's rows
+            return self._readable(self._db.execute(
+                "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=?1 AND key=?2 AND "
+                "version=(SELECT max(version) FROM objects WHERE bucket=?1 AND key=?2) ORDER BY shard",
+                (bucket, key)).fetchall())
         return self._readable(self._db.execute(
             "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=? AND key=? AND version=? "
             "ORDER BY shard", (bucket, key, version)).fetchall())

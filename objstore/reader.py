@@ -240,6 +240,35 @@ class ObjectReader:
             if part_start >= end:
                 break
 
+    def held_payload(self, obj: ObjectVersion, offset: int, length: int) -> bytes | None:
+        """Object bytes [offset, offset+length) of a one-part, one-stripe object whose k data shards all came
+        with its records (inline, or sent along by the owners): verified and joined, with no shard stream.
+
+        None when the general `read` is needed: an empty range, several parts or stripes, a data shard not
+        held, or a block that is short or fails its checksum (`read` then logs it and decodes from a spare).
+        """
+        rec = obj.record
+        ec = rec.ec
+        if length <= 0 or len(rec.parts) != 1 or rec.parts[0].size > ec.stripe_size:
+            return None
+        part = rec.parts[0]
+        blen = codec.block_len(part.size, ec, 0)
+        sources = obj.sources(part.number)
+        blocks = []
+        for idx in range(ec.k):
+            src = next((s for s in sources.get(idx, ()) if s.part.inline is not None or s.data is not None), None)
+            if src is None:
+                return None
+            held = src.part.inline if src.part.inline is not None else src.data
+            assert held is not None
+            if len(held) != blen or not src.part.checksums:
+                return None
+            if codec.block_checksum(held) != src.part.checksums[0]:
+                return None
+            blocks.append(held)
+        payload = b"".join(blocks)
+        return payload if offset == 0 and length == len(payload) else payload[offset:offset + length]
+
     async def _read_part(self, obj: ObjectVersion, part: PartRef, offset: int, length: int) -> AsyncIterator[bytes]:
         if length <= 0:
             return

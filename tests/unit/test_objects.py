@@ -4,6 +4,7 @@ owners lag, lose a shard, miss a write or move with a map change."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -311,6 +312,51 @@ async def test_prefetched_bytes_that_fail_the_records_checksums_are_never_return
 
     monkeypatch.setattr(CountingClient, "get_record_and_shards", damaging)
     assert await read(cluster, "flip", prefetch=True) == data
+
+
+async def test_a_one_stripe_object_held_whole_is_joined_without_a_stream(cluster: MiniCluster,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`held_payload`: the k data shards that came with the records, verified and joined; ranges cut from them.
+    Objects of several stripes, and empty ranges, are left to `read`."""
+    small = payload(SMALL, 10)
+    await put(cluster, "one", small)
+    monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1000)  # shards of 1250 bytes go to blob files
+    await put(cluster, "blobbed", small)
+    await put(cluster, "several", payload(LARGE, 11))
+    cluster.client.calls.clear()
+    one = await cluster.io.find(cluster.ring, BUCKET, "one", prefetch=True)
+    blobbed = await cluster.io.find(cluster.ring, BUCKET, "blobbed", prefetch=True)
+    several = await cluster.io.find(cluster.ring, BUCKET, "several", prefetch=True)
+    assert one is not None and blobbed is not None and several is not None
+    assert one.record.parts[0].inline is not None and blobbed.record.parts[0].inline is None
+    for obj in (one, blobbed):
+        assert cluster.io.held_payload(obj, 0, SMALL) == small
+        assert cluster.io.held_payload(obj, 17, 100) == small[17:117]
+        assert cluster.io.held_payload(obj, SMALL - 1, 1) == small[-1:]
+        assert cluster.io.held_payload(obj, 0, 0) is None
+    assert cluster.io.held_payload(several, 0, LARGE) is None
+    assert dict(cluster.client.calls) == {"GET /record+shards": 12}  # no shard stream was opened
+
+
+async def test_a_held_shard_that_fails_its_checksum_leaves_the_read_to_decode(
+        cluster: MiniCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = payload(SMALL, 12)
+    await put(cluster, "bad", data)
+    send = CountingClient.get_record_and_shards
+
+    async def damaging(self: CountingClient, n: NodeInfo, *args: object) -> list[tuple[ObjectRecord, bytes | None]]:
+        pairs = await send(self, n, *args)  # type: ignore[arg-type]
+        for rec, _ in pairs:
+            part = rec.parts[0]
+            if rec.shard == 2 and part.inline is not None:
+                rec.parts[0] = dataclasses.replace(part, inline=bytes([part.inline[0] ^ 1]) + part.inline[1:])
+        return pairs
+
+    monkeypatch.setattr(CountingClient, "get_record_and_shards", damaging)
+    obj = await cluster.io.find(cluster.ring, BUCKET, "bad", prefetch=True)
+    assert obj is not None
+    assert cluster.io.held_payload(obj, 0, SMALL) is None
+    assert b"".join([c async for c in cluster.io.read(obj)]) == data  # shard 2 decoded from a parity shard
 
 
 async def test_a_partition_moved_by_a_map_change_is_read_from_every_node(cluster: MiniCluster) -> None:
