@@ -30,6 +30,9 @@ SHARD_QUEUE_DEPTH = 2
 width * depth * block_size per write (at 4+2 and 256 KiB blocks: 3 MiB; it was 4 blocks, 6 MiB)."""
 SHARD_STALL_TIMEOUT = 5.0
 """Seconds a shard upload may refuse new blocks before the write drops it and goes on without it."""
+ENCODE_INLINE_MAX = 64 * 1024
+"""Payloads up to this size are erasure-coded on the event loop (tens of microseconds), larger ones in the
+executor."""
 
 
 def write_buffer_bytes(ec: ECProfile, size: int | None) -> int:
@@ -176,7 +179,11 @@ class ObjectIO(ObjectReader):
                     shards[i] += b
             return shards
 
-        shards = await loop.run_in_executor(self.executor, encode_all)
+        # A few KiB encode (and hash) in less time than a hand-off to the thread pool takes.
+        if len(payload) <= ENCODE_INLINE_MAX:
+            shards = encode_all()
+        else:
+            shards = await loop.run_in_executor(self.executor, encode_all)
         out = BlobWrite(blob, len(payload), ec)
         for i, node in enumerate(owners):
             data = bytes(shards[i])
