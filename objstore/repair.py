@@ -24,6 +24,9 @@ RECHECK_DELAY = 0.5
 """Seconds a pass waits before asking again for the digests of partitions whose owners differed."""
 
 Summary = tuple[str, str, str, int, bool, bool]  # bucket, key, version, shard, deleted, healthy
+Removal = tuple[str, str, str, dict[str, NodeInfo]]  # bucket, key, version, the nodes holding records of it
+REMOVALS_BATCH = 4096
+"""Versions a pass may have found to remove before it removes them (the rest go at the end of its scan)."""
 
 
 @dataclass
@@ -167,12 +170,22 @@ class Repairer:
         held, digests = await self._partitions_held()
         tasks: list[Task] = []
         differ: list[tuple[Ring, int]] = []
+        # Versions that may go, removed many partitions at a time: the node client batches the removals, so
+        # they cost each node a transaction (an fsync) per batch, not one per version; deleted keys spread
+        # over the partitions one or two each.
+        removals: list[Removal] = []
+
+        async def remove() -> None:
+            batch, removals[:] = removals[:], []
+            await asyncio.gather(*(self._remove_everywhere(*r) for r in batch))
 
         async def scan(ring: Ring, p: int, digests: dict[str, PartitionDigests], drill: bool) -> None:
             if self.gate is not None:
                 await self.gate()
             try:
-                found = await self._scan_partition(ring, p, buckets, stats, digests, drill=drill)
+                found = await self._scan_partition(ring, p, buckets, stats, digests, drill=drill, removals=removals)
+                if len(removals) >= REMOVALS_BATCH:
+                    await remove()
             except (NodeError, OSError, asyncio.TimeoutError) as e:
                 stats.failures += 1
                 log.warning("repair: partition %d scan failed: %s", p, e)
@@ -198,6 +211,7 @@ class Repairer:
             _, digests = await self._partitions_held()
             for ring, p in differ[:]:
                 await scan(ring, p, digests, drill=True)
+        await remove()
         tasks.sort(key=lambda t: (t.healthy, t.version))  # most at risk first
         stats.objects_remaining = len(tasks)
         stats.bytes_remaining = sum(t.size * len(t.targets) // max(1, t.ring.ec.k) for t in tasks)
@@ -238,9 +252,11 @@ class Repairer:
 
     async def _scan_partition(self, ring: Ring, p: int, buckets: dict[str, tuple[str | None, str | None]],
                               stats: RepairStats, kept: dict[str, PartitionDigests] | None = None,
-                              drill: bool = True) -> list[Task] | None:
+                              drill: bool = True, removals: list[Removal] | None = None) -> list[Task] | None:
         """The repairs a partition needs: none if its owners' digests agree; else, with `drill`, what
-        comparing their records finds, and without it None when only the digests differ (ask again)."""
+        comparing their records finds, and without it None when only the digests differ (ask again).
+
+        The versions found that may go are removed before it returns, or added to `removals` if given."""
         pool_name = ring.pool.name
         owners = ring.owners(p)
         owner_ids = {n.id for n in owners}
@@ -286,11 +302,15 @@ class Repairer:
                     continue
                 holders[(bucket, key)][version].append((node, shard, deleted, healthy))
         tasks = []
+        own_removals = removals is None
+        removals = [] if removals is None else removals
         now = wall_ns()
         for (bucket, key), versions in holders.items():
             # A bucket without a record (its objects outlived it) keeps every version: nothing says it may go.
             versioning = buckets.get(bucket, (None, "Enabled"))[1]
-            tasks += await self._plan_key(ring, p, owners, bucket, key, versions, versioning, now, stats, complete)
+            tasks += self._plan_key(ring, p, owners, bucket, key, versions, versioning, now, stats, complete, removals)
+        if own_removals:
+            await asyncio.gather(*(self._remove_everywhere(*r) for r in removals))
         return tasks
 
     def _markers_due(self, ring: Ring, p: int, markers: int) -> bool:
@@ -307,9 +327,11 @@ class Repairer:
         self._markers_seen[slot] = now
         return True
 
-    async def _plan_key(self, ring: Ring, p: int, owners: list[NodeInfo], bucket: str, key: str,
-                        versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioning: str | None,
-                        now: int, stats: RepairStats, complete: bool) -> list[Task]:
+    def _plan_key(self, ring: Ring, p: int, owners: list[NodeInfo], bucket: str, key: str,
+                  versions: dict[str, list[tuple[NodeInfo, int, bool, bool]]], versioning: str | None,
+                  now: int, stats: RepairStats, complete: bool,
+                  removals: list[Removal]) -> list[Task]:
+        """The repairs a key needs; the versions that may go are added to `removals` (bucket, key, version, nodes)."""
         k, width = ring.ec.k, ring.ec.width
         owner_ids = {n.id for n in owners}
         ordered = sorted(versions, reverse=True)
@@ -321,7 +343,7 @@ class Repairer:
             # per-version clock for a million deleted keys would not fit `_first_seen`).
             entries = versions[ordered[0]]
             if all(deleted for _, _, deleted, _ in entries) and now - version_time_ns(ordered[0]) > self.gc_grace_ns:
-                await self._remove_everywhere(bucket, key, ordered[0], {n.id: n for n, _, _, _ in entries})
+                removals.append((bucket, key, ordered[0], {n.id: n for n, _, _, _ in entries}))
                 stats.garbage_removed += 1
                 return []
         visible = [v for v in ordered if len({s for _, s, _, h in versions[v] if h}) >= k]
@@ -344,7 +366,7 @@ class Repairer:
             # `_first_seen` past its bound (and emptied it) on a bucket of a few hundred thousand objects.
             old = (replaced or failed or len(healthy_idx) < k) and self._aged(bucket, key, v, now)
             if (superseded or failed) and old:
-                await self._remove_everywhere(bucket, key, v, {n.id: n for n, _, _, _ in entries})
+                removals.append((bucket, key, v, {n.id: n for n, _, _, _ in entries}))
                 stats.garbage_removed += 1
                 continue
             if superseded or len(healthy_idx) < k:
@@ -378,11 +400,12 @@ class Repairer:
         return tasks
 
     async def _remove_everywhere(self, bucket: str, key: str, version: str, nodes: dict[str, NodeInfo]) -> None:
-        for node in nodes.values():
+        async def remove(node: NodeInfo) -> None:
             try:
                 await self.client.delete_record(node, bucket, key, version)
             except (NodeError, OSError, asyncio.TimeoutError) as e:
                 log.debug("repair: garbage removal on %s failed: %s", node.id, e)
+        await asyncio.gather(*(remove(n) for n in nodes.values()))
 
     async def _repair(self, task: Task, stats: RepairStats) -> None:
         try:
