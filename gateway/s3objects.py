@@ -227,8 +227,8 @@ async def _object_response(gw: Gateway, req: S3Request, head: bool) -> web.Strea
         return await _stream_object(gw, req, obj, status, headers, offset, length)
 
 
-async def _stream_object(gw: Gateway, req: S3Request, obj: ObjectVersion, status: int, headers: dict[str, str], offset: int,
-                         length: int) -> web.StreamResponse:
+async def _stream_object(gw: Gateway, req: S3Request, obj: ObjectVersion, status: int, headers: dict[str, str],
+                         offset: int, length: int) -> web.StreamResponse:
     """Send object bytes [offset, offset+length) stripe by stripe as they are read (the caller holds the share)."""
     async with contextlib.aclosing(gw.io.read(obj, offset, length)) as chunks:
         first = b""
