@@ -4,9 +4,12 @@ nodes, and the versions a bucket's versioning state keeps never retired."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from objstore.cluster import NodeInfo
 from objstore.kv import BUCKETS, PARTS, SEP, UPLOADS, USERS
 from objstore.records import KVRecord, ObjectRecord
 from objstore.repair import Repairer
@@ -282,9 +285,18 @@ async def test_delete_markers_nothing_needs_go_after_the_grace(tmp_path: Path) -
         await repairer.run_pass()  # the partitions with markers are noted
         assert all(versions_held(c, key) for key in keys)  # inside the grace: nothing goes
         await asyncio.sleep(0.4)
+        post, batches = c.client._post, Counter()
+
+        async def counting(node: NodeInfo, path: str, body: bytes) -> Any:
+            batches[path] += path.startswith("/records/delete")
+            return await post(node, path, body)
+
+        c.client._post = counting  # type: ignore[method-assign]
         stats = await repairer.run_pass()
         assert stats.garbage_removed >= len(keys)
         assert not any(versions_held(c, key) for key in keys)
+        # The markers of a pass go together, batched: a removal call per key and node would be 8 * 6.
+        assert sum(batches.values()) <= 2 * c.ring.ec.width
         assert await read(c, "stays") == payload(100)
         for name in ("kept", "paused"):
             assert any(c.store(n).versions(name, "k") for n in ids), name
