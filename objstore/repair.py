@@ -183,7 +183,7 @@ class Repairer:
             if self.gate is not None:
                 await self.gate()
             try:
-                found = await self._scan_partition(ring, p, buckets, stats, digests, drill=drill, removals=removals)
+                found = await self._scan_partition(ring, p, buckets, stats, removals, digests, drill=drill)
                 if len(removals) >= REMOVALS_BATCH:
                     await remove()
             except (NodeError, OSError, asyncio.TimeoutError) as e:
@@ -251,12 +251,12 @@ class Repairer:
         return held | {p for d in digests.values() for p in d.held}, digests
 
     async def _scan_partition(self, ring: Ring, p: int, buckets: dict[str, tuple[str | None, str | None]],
-                              stats: RepairStats, kept: dict[str, PartitionDigests] | None = None,
-                              drill: bool = True, removals: list[Removal] | None = None) -> list[Task] | None:
+                              stats: RepairStats, removals: list[Removal],
+                              kept: dict[str, PartitionDigests] | None = None, drill: bool = True) -> list[Task] | None:
         """The repairs a partition needs: none if its owners' digests agree; else, with `drill`, what
         comparing their records finds, and without it None when only the digests differ (ask again).
 
-        The versions found that may go are removed before it returns, or added to `removals` if given."""
+        The versions found that may go are added to `removals`, for the pass to remove."""
         pool_name = ring.pool.name
         owners = ring.owners(p)
         owner_ids = {n.id for n in owners}
@@ -302,15 +302,11 @@ class Repairer:
                     continue
                 holders[(bucket, key)][version].append((node, shard, deleted, healthy))
         tasks = []
-        own_removals = removals is None
-        removals = [] if removals is None else removals
         now = wall_ns()
         for (bucket, key), versions in holders.items():
             # A bucket without a record (its objects outlived it) keeps every version: nothing says it may go.
             versioning = buckets.get(bucket, (None, "Enabled"))[1]
             tasks += self._plan_key(ring, p, owners, bucket, key, versions, versioning, now, stats, complete, removals)
-        if own_removals:
-            await asyncio.gather(*(self._remove_everywhere(*r) for r in removals))
         return tasks
 
     def _markers_due(self, ring: Ring, p: int, markers: int) -> bool:
