@@ -173,7 +173,7 @@ async def _store_part(gw: Gateway, bucket: Bucket, upload: Upload, number: int, 
             summer.update(payload)
     try:
         async with write_share(gw.budget, ring.ec, size, copy_of):  # 503 SlowDown if no share within write_wait
-            bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=feed)
+            bw = await gw.io.write_blob(ring, partition, blob_id, source, on_payload=feed, carry=False)
     except WriteFailed as e:
         raise S3Error("ServiceUnavailable", f"not enough storage nodes answered: {e}") from None
     if expect_md5 is not None and md5.digest() != expect_md5:

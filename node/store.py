@@ -29,11 +29,12 @@ from node.shards import (
     sweep_temp_files,
     unlink_shard,
 )
-from objstore.records import KVRecord, ListEntry, ObjectRecord, RecordError
+from objstore import codec
+from objstore.records import INLINE_MAX_SHARD, KVRecord, ListEntry, ObjectRecord, RecordError, evolve
 from objstore.ring import partition_of
 from objstore.versions import NULL_MARK, is_null
 
-__all__ = ["BlobMissing", "BlobReferenced", "BlobRow", "CorruptShard", "DiskFull", "Store"]
+__all__ = ["BlobMissing", "BlobReferenced", "BlobRow", "CorruptShard", "DiskFull", "Store", "carries_shards"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -96,6 +97,11 @@ _MASK64 = (1 << 64) - 1
 def _term(bucket: str, key: str, version: str, deleted: bool) -> int:
     """One healthy version's term in its partition's digest."""
     return xxhash.xxh3_64_intdigest(msgpack.packb((bucket, key, version, deleted)))
+
+
+def carries_shards(rec: ObjectRecord) -> bool:
+    """The record carries a shard too large to stay inline: storing it writes a shard file (`Store.carry_in`)."""
+    return any(p.inline is not None and len(p.inline) > INLINE_MAX_SHARD for p in rec.parts)
 
 
 def _healthy(rec: ObjectRecord, blob_state: Callable[[str], str | None]) -> bool:
@@ -373,9 +379,70 @@ class Store:
         `older_limit` older versions of its key held here, newest first. A failed COMMIT (disk full, I/O
         error) raises: nothing of the batch was kept.
         """
-        results, paths = self.commit_records(recs, older_limit)
+        carried: list[ObjectRecord | Exception] = []
+        rows: list[list[BlobRow]] = []
+        try:
+            for rec in recs:
+                try:
+                    stored, written = self.carry_in(rec)
+                except RecordError as e:
+                    carried.append(e)
+                    continue
+                carried.append(stored)
+                rows.append(written)
+            valid = [r for r in carried if isinstance(r, ObjectRecord)]
+            results, paths = self.commit_records(valid, older_limit, rows) if valid else ([], [])
+        except BaseException:
+            self.unlink_shards([row.path for written in rows for row in written])
+            raise
         self.unlink_shards(paths)
-        return results
+        done = iter(results)
+        return [r if isinstance(r, Exception) else next(done) for r in carried]
+
+    def carry_in(self, rec: ObjectRecord) -> tuple[ObjectRecord, list[BlobRow]]:
+        """The record as this node stores it, and the rows of the shard files it writes for it (disk I/O).
+
+        A shard a record carries inline above INLINE_MAX_SHARD bytes is written to its blob's shard file,
+        as an upload would have written it (fsynced, renamed, directory fsynced), and the record names it
+        as a present blob part. Its row is for `commit_records` to add in the record's own transaction, so
+        the file becomes the record's in the commit that makes the record visible, and a record that is
+        refused leaves nothing behind (its files are removed). A shard already here with the same
+        checksums (the record sent again) is not written twice. Bytes that do not match the part's
+        checksums are refused (RecordError) before anything is written.
+        """
+        if not carries_shards(rec):
+            return rec, []
+        partition = partition_of(rec.bucket, rec.key, self.partition_bits)
+        block_size = rec.ec.block_size
+        parts, rows = [], []
+        try:
+            for p in rec.parts:
+                if p.inline is None or len(p.inline) <= INLINE_MAX_SHARD:
+                    parts.append(p)
+                    continue
+                if codec.shard_checksums(p.inline, block_size) != p.checksums:
+                    raise RecordError(f"the shard {p.blob}.{rec.shard} a record carries does not match its checksums")
+                held = self.blob_for_read(p.blob, rec.shard)
+                if held is None or held.state == "corrupt" or held.checksums != p.checksums:
+                    w = self.begin_blob(partition, p.blob, rec.shard, block_size)
+                    try:
+                        w.write(p.inline)
+                        w.finish()
+                    except BaseException as e:
+                        if w.renamed:
+                            w.final.unlink(missing_ok=True)
+                        else:
+                            w.abort()
+                        if is_disk_full(e) and not isinstance(e, DiskFull):
+                            raise DiskFull(errno.ENOSPC, f"No space left: {e}") from None
+                        raise
+                    rows.append(BlobRow(p.blob, rec.shard, partition, str(w.final.relative_to(self.root)), w.size,
+                                        block_size, w.checksums, "pending", time.time_ns()))
+                parts.append(evolve(p, inline=None, present=True))
+        except BaseException:
+            self.unlink_shards([row.path for row in rows])
+            raise
+        return evolve(rec, parts=parts), rows
 
     def unlink_shards(self, paths: list[str]) -> None:
         """Remove shard files no record references any more (paths as `commit_records` returns them)."""
@@ -383,8 +450,13 @@ class Store:
             unlink_shard(self.root / path)
 
     @on_sql_thread
-    def commit_records(self, recs: list[ObjectRecord], older_limit: int) -> tuple[list[list[str] | Exception], list[str]]:
-        """`put_records` without removing the freed shard files: their paths are returned (SQL thread only)."""
+    def commit_records(self, recs: list[ObjectRecord], older_limit: int,
+                       rows: list[list[BlobRow]] | None = None) -> tuple[list[list[str] | Exception], list[str]]:
+        """`put_records` without removing the freed shard files: their paths are returned (SQL thread only).
+
+        `rows`, one list per record, are the shard files `carry_in` wrote for it: added with the record,
+        in its savepoint; the files of a record that is refused are among the paths returned.
+        """
         db = self._db
         results: list[list[str] | Exception] = []
         paths: list[str] = []
@@ -392,16 +464,20 @@ class Store:
         fast: set[int] = set()  # indexes of the records written so
         with _transaction(db):
             for i, rec in enumerate(recs):
-                older = self._write_new_inline(rec, older_limit, terms)
+                carried = rows[i] if rows else []
+                older = None if carried else self._write_new_inline(rec, older_limit, terms)
                 if older is not None:
                     results.append(older)
                     fast.add(i)
                     continue
                 db.execute("SAVEPOINT rec")
                 try:
+                    for row in carried:
+                        self._add_blob(row)
                     paths += self._write_record(rec)
                 except (RecordError, BlobMissing) as e:
                     db.execute("ROLLBACK TO rec")
+                    paths += [row.path for row in carried]
                     results.append(e)
                 else:
                     results.append([])

@@ -15,7 +15,7 @@ from objstore.client import NodeError
 from objstore.cluster import ECProfile, NodeInfo
 from objstore.quorum import settle
 from objstore.reader import ObjectReader, ObjectVersion, PartReader, ReadFailed
-from objstore.records import ObjectRecord, PartRef, evolve
+from objstore.records import INLINE_MAX_SHARD, ObjectRecord, PartRef, evolve
 from objstore.ring import Ring
 
 __all__ = ["BlobWrite", "Committed", "ObjectIO", "ObjectVersion", "ReadFailed", "ShardWrite", "WriteFailed",
@@ -23,8 +23,6 @@ __all__ = ["BlobWrite", "Committed", "ObjectIO", "ObjectVersion", "ReadFailed", 
 
 log = logging.getLogger("objstore.objects")
 
-INLINE_MAX_SHARD = 64 * 1024
-"""Shards up to this size travel inside the record: a small object costs no file on any node."""
 SHARD_QUEUE_DEPTH = 2
 """Blocks buffered per shard upload, besides the one being sent: bounds gateway memory at about
 width * depth * block_size per write (at 4+2 and 256 KiB blocks: 3 MiB; it was 4 blocks, 6 MiB)."""
@@ -145,16 +143,21 @@ class ObjectIO(ObjectReader):
             return node, result, node.id != owner.id
 
     async def write_blob(self, ring: Ring, partition: int, blob: str, source: AsyncIterable[bytes],
-                         on_payload: Callable[[bytes], None] | None = None) -> BlobWrite:
+                         on_payload: Callable[[bytes], None] | None = None, carry: bool = True) -> BlobWrite:
         """Stream `source` into k+m shards on the partition's owners (or handoffs).
 
-        Small payloads (every shard <= INLINE_MAX_SHARD) are not uploaded: their shards come back inline,
-        for the caller to put into the records. Payloads of one stripe at most are encoded whole and each
-        shard is sent as one body; larger ones stream, stripe by stripe.
+        Payloads of one stripe at most are encoded whole. With `carry` their shards are not uploaded: they
+        come back inline, for the caller to put into the records, which carry them to the nodes. A node
+        keeps a shard of up to INLINE_MAX_SHARD inside the record and writes a larger one to a shard file
+        in the same call: one request and one transaction a node, where an upload first would take two
+        of each. Without `carry` (a multipart upload's part, whose shards wait in a KV document until the
+        upload completes) only shards of up to INLINE_MAX_SHARD come back inline, and each larger one is
+        sent as one body. Payloads above a stripe stream, stripe by stripe.
         """
         ec = ring.ec
         head, rest = await _peek(source, max(ec.k * INLINE_MAX_SHARD, ec.stripe_size) + 1)
-        if rest is None and len(head) <= ec.k * INLINE_MAX_SHARD:
+        if rest is None and len(head) <= (max(ec.k * INLINE_MAX_SHARD, ec.stripe_size) if carry
+                                          else ec.k * INLINE_MAX_SHARD):
             return await self._inline_blob(ring, partition, blob, head, on_payload)
         if rest is None:
             return await self._buffered_blob(ring, partition, blob, head, on_payload)

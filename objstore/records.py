@@ -10,6 +10,9 @@ import msgpack
 from objstore.cluster import ECProfile
 
 SCHEMA_VERSION = 1
+INLINE_MAX_SHARD = 64 * 1024
+"""A node keeps a shard of up to this size inside its record (a small object costs no file on any node); a
+record that carries a larger one has it written to a shard file on arrival (see `node.store.Store.carry_in`)."""
 T = TypeVar("T")
 _U64 = 2**64
 

@@ -158,11 +158,12 @@ async def _chunks(data: bytes, size: int = 50_000) -> AsyncIterator[bytes]:
         yield data[i:i + size]
 
 
-async def put(c: MiniCluster, key: str, data: bytes, version: str | None = None) -> Committed:
-    """What a gateway PUT does: write the blob (inline when small), then commit the version's records."""
+async def put(c: MiniCluster, key: str, data: bytes, version: str | None = None, carry: bool = True) -> Committed:
+    """What a gateway PUT does: write the blob (inline when small), then commit the version's records.
+    Without `carry`, as a multipart part's blob is written: only small shards ride in the records."""
     ring = c.ring
     partition = ring.partition_of(BUCKET, key)
-    blob = await c.io.write_blob(ring, partition, new_version(), _chunks(data))
+    blob = await c.io.write_blob(ring, partition, new_version(), _chunks(data), carry=carry)
     version = version or new_version()
     template = ObjectRecord(bucket=BUCKET, key=key, version=version, shard=0, ec=ring.ec, size=blob.size,
                             etag="e", parts=[PartRef(1, blob.size, "e", blob.blob)], created=version_time_ns(version))

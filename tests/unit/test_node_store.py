@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import xxhash
 
+import node.store
 from node.shards import BlobWriter, CorruptShard, DiskFull, ShardUpload
 from node.store import BlobMissing, BlobReferenced, Store
 from objstore.cluster import ECProfile
@@ -133,6 +134,49 @@ def test_record_commit_and_blob_references(store: Store) -> None:
     assert store.blob("p1", 0) is not None
     assert store.delete_record("b", "k2", "v1") == 1
     assert store.blob("p1", 0) is None and list(store.data.rglob("p1.*")) == []
+
+
+def carried(blob: str, data: bytes) -> PartRef:
+    part = blob_part(blob, data)
+    part.inline = data
+    return part
+
+
+def test_a_carried_shard_over_the_inline_size_is_kept_as_a_shard_file(store: Store,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record is stored naming a committed shard file of the same bytes, as if the shard had been
+    uploaded first; a shard within the inline size stays in the record. Sent again, nothing changes."""
+    monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", BS)
+    big, small = random.Random(5).randbytes(2 * BS + 7), b"s" * BS
+    store.put_records([rec("big", "v1", [carried("pb", big)]), rec("small", "v1", [carried("ps", small)])], 0)
+    (stored,) = store.get_record("b", "big")
+    assert stored.parts[0].inline is None and stored.parts[0].present
+    row = store.blob("pb", 0)
+    assert row is not None and row.state == "committed" and row.checksums == stored.parts[0].checksums
+    assert b"".join(store.read_blob_blocks(row, 0, row.blocks - 1)) == big
+    assert store.get_record("b", "small")[0].parts[0].inline == small and store.blob("ps", 0) is None
+    assert store.put_records([rec("big", "v1", [carried("pb", big)])], 0) == [[]]
+    assert len(list(store.data.rglob("pb.*"))) == 1
+    assert store.delete_record("b", "big", "v1") == 1
+    assert store.blob("pb", 0) is None and list(store.data.rglob("pb.*")) == []
+
+
+def test_a_refused_carried_record_leaves_no_shard_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes that do not match their checksums are refused before any is written; a record refused in its
+    transaction (here: parts short of its size) takes its new shard file with it. The batch's others commit."""
+    monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", BS)
+    data = random.Random(6).randbytes(3 * BS)
+    damaged = carried("bad", data)
+    damaged.inline = bytes([data[0] ^ 1]) + data[1:]
+    short = rec("short", "v1", [carried("short", data)])
+    short.size += 1
+    results = store.put_records([rec("bad", "v1", [damaged]), short, rec("ok", "v1", [carried("ok", data)])], 0)
+    assert isinstance(results[0], RecordError) and "does not match" in str(results[0])
+    assert isinstance(results[1], RecordError) and "parts of" in str(results[1])
+    assert results[2] == []
+    assert store.get_record("b", "bad") == [] and store.get_record("b", "short") == []
+    assert store.blob("bad", 0) is None and store.blob("short", 0) is None
+    assert [p.name for p in store.data.rglob("*") if p.is_file()] == ["ok.0"]
 
 
 def test_a_record_must_list_every_part(store: Store) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import node.server
+import node.store
 import objstore.objects
 import objstore.reader
 from objstore.cluster import NodeInfo
@@ -112,15 +113,43 @@ async def test_owners_out_of_rotation_are_still_asked_when_a_write_needs_them(cl
 
 async def test_an_object_of_one_stripe_sends_each_shard_whole(cluster: MiniCluster,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the inline size and within one stripe, each shard goes as one sized body; above, streamed."""
+    """A blob not carried (a multipart part's) past the inline size and within one stripe sends each shard
+    as one sized body; above a stripe, streamed."""
     monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1024)  # inline up to 4 KiB; a stripe is 16 KiB
     for size, form in ((EC.stripe_size, "PUT /blob"), (EC.k * 1024 + 1, "PUT /blob"),
                        (EC.stripe_size + 1, "PUT /blob (streamed)")):
         cluster.client.calls.clear()
         data = payload(size, size)
-        await put(cluster, f"s{size}", data)
+        await put(cluster, f"s{size}", data, carry=False)
         assert dict(cluster.client.calls) == {form: 6, "PUT /record": 6}, size
         assert await read(cluster, f"s{size}") == data
+
+
+async def test_an_object_of_one_stripe_rides_in_its_records_and_lands_in_shard_files(
+        cluster: MiniCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call a node: each record carries its shard, and a node writes one above the inline size to a shard
+    file, named by the record it stores as an uploaded shard would be. Above a stripe, shards stream first."""
+    monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1024)  # a stripe (16 KiB) is above k of them
+    monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", 1024)  # and the nodes keep up to 1 KiB inline
+    for size, calls in ((EC.stripe_size, {"PUT /record": 6}), (EC.k * 1024 + 1, {"PUT /record": 6}),
+                        (EC.stripe_size + 1, {"PUT /blob (streamed)": 6, "PUT /record": 6})):
+        cluster.client.calls.clear()
+        data = payload(size, size)
+        await put(cluster, f"c{size}", data)
+        assert dict(cluster.client.calls) == calls, size
+        for n in cluster.nodes:
+            store = cluster.store(n.id)
+            (rec,) = store.get_record(BUCKET, f"c{size}")
+            part = rec.parts[0]
+            assert part.inline is None and part.present, (size, n.id)
+            row = store.blob_for_read(part.blob, rec.shard)
+            assert row is not None and row.state == "committed" and row.checksums == part.checksums
+            assert (store.root / row.path).stat().st_size == row.size
+        assert await read(cluster, f"c{size}") == data
+        assert await read(cluster, f"c{size}", prefetch=True) == data
+    small = payload(EC.k * 1024, 3)  # shards of 1 KiB: inline on the nodes too
+    await put(cluster, "inline", small)
+    assert all(cluster.store(n.id).get_record(BUCKET, "inline")[0].parts[0].inline is not None for n in cluster.nodes)
 
 
 async def test_a_whole_shard_whose_owner_fails_goes_to_a_spare(tmp_path: Path,
@@ -131,7 +160,7 @@ async def test_a_whole_shard_whose_owner_fails_goes_to_a_spare(tmp_path: Path,
         data = payload(EC.stripe_size - 7, 9)
         down = cluster.owners("spare")[1]
         await next(s for s in cluster.servers if s.port == int(down.address.rsplit(":", 1)[1])).close()
-        await put(cluster, "spare", data)
+        await put(cluster, "spare", data, carry=False)
         held = [recs[0] for n in cluster.nodes if n.id != down.id
                 for recs in [cluster.store(n.id).get_record(BUCKET, "spare")] if recs]
         assert sorted(r.shard for r in held) == list(range(6))
@@ -155,7 +184,7 @@ async def test_a_shard_the_node_stored_otherwise_fails_the_write(cluster: MiniCl
 
     monkeypatch.setattr(CountingClient, "put_blob", corrupting)
     with pytest.raises(WriteFailed, match="4 of 6 shards durable"):
-        await put(cluster, "bad", payload(EC.stripe_size, 4))
+        await put(cluster, "bad", payload(EC.stripe_size, 4), carry=False)
     assert await read(cluster, "bad") is None
 
 
@@ -321,7 +350,7 @@ async def test_a_one_stripe_object_held_whole_is_joined_without_a_stream(cluster
     small = payload(SMALL, 10)
     await put(cluster, "one", small)
     monkeypatch.setattr(objstore.objects, "INLINE_MAX_SHARD", 1000)  # shards of 1250 bytes go to blob files
-    await put(cluster, "blobbed", small)
+    await put(cluster, "blobbed", small, carry=False)
     await put(cluster, "several", payload(LARGE, 11))
     cluster.client.calls.clear()
     one = await cluster.io.find(cluster.ring, BUCKET, "one", prefetch=True)
