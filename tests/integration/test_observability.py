@@ -51,9 +51,10 @@ def admin_headers(cluster: DevCluster) -> dict[str, str]:
 def test_one_request_id_joins_gateway_and_node_log_lines(dev_cluster: DevCluster) -> None:
     s3 = dev_cluster.s3()
     s3.create_bucket(Bucket="obs-logs")
-    # Above the inline size (k * 64 KiB): shards go to the nodes as blobs, whose RPCs are logged at info.
-    # A small object's metadata RPCs are logged at debug only (docs/observability.md).
-    put = s3.put_object(Bucket="obs-logs", Key="traced", Body=b"t" * 600_000)
+    # Above one stripe (k * 256 KiB): shards stream to the nodes as blobs, whose RPCs are logged at info.
+    # The records' RPCs, which carry the shards of a smaller object, are logged at debug only
+    # (docs/observability.md).
+    put = s3.put_object(Bucket="obs-logs", Key="traced", Body=b"t" * 1_500_000)
     request_id = put["ResponseMetadata"]["RequestId"]
     node_ids = [n.id for n in dev_cluster.nodes]
 
@@ -63,7 +64,7 @@ def test_one_request_id_joins_gateway_and_node_log_lines(dev_cluster: DevCluster
                TIMEOUT, "node lines of the PUT")
     [access] = [d for d in with_request_id(dev_cluster, "gateway", request_id) if d.get("operation")]
     assert access["operation"] == "put_object" and access["status"] == 200 and access["process"] == "gateway"
-    assert access["bytes_in"] >= 600_000 and access["level"] == "info"
+    assert access["bytes_in"] >= 1_500_000 and access["level"] == "info"
     node_lines = [d for n in node_ids for d in with_request_id(dev_cluster, n, request_id)]
     assert {d["process"] for d in node_lines} <= set(node_ids)
     assert "put_blob" in {d.get("operation") for d in node_lines}
