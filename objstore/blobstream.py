@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import cast
 
@@ -257,16 +257,19 @@ class BlobStreams:
 
     @asynccontextmanager
     async def request(self, method: str, address: str, path_qs: str, headers: dict[str, str],
-                      body: bytes = b"") -> AsyncIterator[tuple[int, BlobStream]]:
-        """(status, body) of `method path_qs` with `body` to the node at "host:port"; StreamError if no
-        response head came. A request the node's RPC does not make idempotent must not come here: one sent
-        on a pooled connection that the node dropped unanswered is sent again on a new one."""
+                      body: bytes | Sequence[bytes] = b"") -> AsyncIterator[tuple[int, BlobStream]]:
+        """(status, body) of `method path_qs` with `body` (bytes, or pieces sent one after the other without
+        joining them) to the node at "host:port"; StreamError if no response head came. A request the node's
+        RPC does not make idempotent must not come here: one sent on a pooled connection that the node
+        dropped unanswered is sent again on a new one."""
         host, _, port = address.rpartition(":")
         addr = (host.strip("[]"), int(port))
-        sized = f"Content-Length: {len(body)}\r\n" if body or method != "GET" else ""
+        pieces = (body,) if isinstance(body, bytes) else tuple(body)
+        size = sum(len(p) for p in pieces)
+        sized = f"Content-Length: {size}\r\n" if size or method != "GET" else ""
         head = "".join([f"{method} {path_qs} HTTP/1.1\r\nHost: {address}\r\n{sized}",
                         *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode("latin-1")
-        request = (head, body) if body else (head,)
+        request = (head, *pieces) if size else (head,)
         conn = self._pooled(addr)
         if conn is not None:
             try:

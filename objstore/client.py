@@ -70,6 +70,22 @@ class PartitionDigests:
         return self.held.get(partition, self.empty)
 
 
+def _packed_list(calls: list[Any]) -> bytes | list[bytes]:
+    """`calls` as one msgpack array. A list of packed records (bytes) goes as the pieces of that array,
+    headers between them, so a record carrying shards is not copied into the batch."""
+    if not all(type(c) is bytes for c in calls):
+        return msgpack.packb(calls, use_bin_type=True)
+    pieces = [_PACKER.pack_array_header(len(calls))]
+    for c in calls:
+        n = len(c)
+        pieces += [b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
+                   b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"), c]
+    return pieces
+
+
+_PACKER = msgpack.Packer()
+
+
 def _error_for(node: NodeInfo, status: int, body: bytes) -> NodeError:
     try:
         info = msgpack.unpackb(body, raw=False)
@@ -210,7 +226,7 @@ class NodeClient:
         c = self._batches.get(key)
         if c is None:
             async def send(calls: list[Any]) -> list[Any]:
-                answers = await self._post(node, path, msgpack.packb(calls, use_bin_type=True))
+                answers = await self._post(node, path, _packed_list(calls))
                 if not isinstance(answers, list) or len(answers) != len(calls):
                     raise NodeError(node.id, 0, f"batch of {len(calls)} calls answered with {answers!r:.80}")
                 return [result if status == 200 else
@@ -278,13 +294,13 @@ class NodeClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise NodeUnavailable(node.id, 0, f"{type(e).__name__}: {e}") from None
 
-    async def _post(self, node: NodeInfo, path: str, body: bytes) -> Any:
+    async def _post(self, node: NodeInfo, path: str, body: bytes | Sequence[bytes]) -> Any:
         """POST a msgpack body and unpack the answer, through `BlobStreams` (for the batched record calls:
         aiohttp's client machinery cost more than the rest of a small GET in the gateway)."""
         return await self._send(node, "POST", path, None, body)
 
     async def _send(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None,
-                    body: bytes) -> Any:
+                    body: bytes | Sequence[bytes]) -> Any:
         """`method` with a body in memory, through `BlobStreams`; the answer unpacked (msgpack)."""
         path_qs, headers = self._signed(method, path, params)
         try:

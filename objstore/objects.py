@@ -172,7 +172,11 @@ class ObjectIO(ObjectReader):
         stripe_codec = codec.codec_for(ec)
         loop = asyncio.get_running_loop()
 
-        def encode_all() -> list[bytearray]:
+        def encode_all() -> list[bytes]:
+            if len(payload) <= ec.stripe_size:  # the usual case: the blocks are the shards, no copy
+                if on_payload:
+                    on_payload(payload)
+                return stripe_codec.encode(payload)
             shards = [bytearray() for _ in range(ec.width)]
             for off in range(0, len(payload), ec.stripe_size):
                 chunk = payload[off:off + ec.stripe_size]
@@ -180,7 +184,7 @@ class ObjectIO(ObjectReader):
                     on_payload(chunk)
                 for i, b in enumerate(stripe_codec.encode(chunk)):
                     shards[i] += b
-            return shards
+            return [bytes(shard) for shard in shards]
 
         # A few KiB encode (and hash) in less time than a hand-off to the thread pool takes.
         if len(payload) <= ENCODE_INLINE_MAX:
@@ -189,8 +193,7 @@ class ObjectIO(ObjectReader):
             shards = await loop.run_in_executor(self.executor, encode_all)
         out = BlobWrite(blob, len(payload), ec)
         for i, node in enumerate(owners):
-            data = bytes(shards[i])
-            out.shards.append(ShardWrite(i, node, codec.shard_checksums(data, ec.block_size), False, data))
+            out.shards.append(ShardWrite(i, node, codec.shard_checksums(shards[i], ec.block_size), False, shards[i]))
         return out
 
     async def _buffered_blob(self, ring: Ring, partition: int, blob: str, payload: bytes,

@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import xxhash
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -323,9 +325,9 @@ def batches_sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     bodies: list[bytes] = []
     send = NodeClient._post
 
-    async def recording(self: NodeClient, n: NodeInfo, path: str, body: bytes) -> object:
+    async def recording(self: NodeClient, n: NodeInfo, path: str, body: bytes | list[bytes]) -> object:
         if path == "/records":
-            bodies.append(body)
+            bodies.append(body if isinstance(body, bytes) else b"".join(body))
         return await send(self, n, path, body)
 
     monkeypatch.setattr(NodeClient, "_post", recording)
@@ -359,6 +361,16 @@ async def test_concurrent_record_calls_travel_in_batches_each_answered_on_its_ow
     await asyncio.gather(*(node.client.delete_record(node.info, "b", r.key, r.version) for r in good[::2]))
     left = await asyncio.gather(*(node.client.get_record(node.info, "b", r.key) for r in good))
     assert [bool(f) for f in left] == [i % 2 == 1 or r.key == "k3" for i, r in enumerate(good)]  # k3's older one
+
+
+@given(st.lists(st.one_of(st.binary(max_size=300), st.integers(0, 70_000).map(bytes)), min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_a_batch_of_packed_records_is_the_msgpack_array_of_them(calls: list[bytes]) -> None:
+    """The records of a batch go as pieces (headers between them, no copy into one body): the same bytes."""
+    pieces = objstore.client._packed_list(calls)
+    assert b"".join(pieces) == msgpack.packb(calls, use_bin_type=True)
+    assert any(p is calls[0] for p in pieces)
+    assert objstore.client._packed_list([["b", "k", None]]) == msgpack.packb([["b", "k", None]])
 
 
 async def test_a_batch_closes_at_its_byte_limit(node: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
