@@ -377,7 +377,7 @@ async def put_records(request: web.Request) -> web.Response:
 
     Writers send what queued for this node while their previous call was out, so under load one fsync
     covers many objects, and a lone write waits for nothing. A shard a record carries above the inline
-    size is written to its shard file first (in parallel disk jobs), and its row commits with the record.
+    size is written to its shard file first (`Store.put_records`), and its row commits with the record.
     """
     node = request.app[NODE]
     recs: list[ObjectRecord | Exception] = []
@@ -386,17 +386,13 @@ async def put_records(request: web.Request) -> web.Response:
             recs.append(ObjectRecord.unpack(packed))
         except RecordError as e:
             recs.append(e)
-    rows = await _carry_in(node, recs)
     valid = [r for r in recs if isinstance(r, ObjectRecord)]
-    written = [rows[i] for i, r in enumerate(recs) if isinstance(r, ObjectRecord)]
-    try:
-        results, freed = (await node.sql(node.store.commit_records, valid, OLDER_VERSIONS_SHOWN + 1, written)
-                          if valid else ([], []))
-    except BaseException:
-        await _unlink_rows(node, rows)
-        raise
-    if freed:
-        await node.run(node.store.unlink_shards, freed)
+    if any(carries_shards(r) for r in valid):  # their shard files first, then the commit, in one disk job
+        results = await node.run(node.store.put_records, valid, OLDER_VERSIONS_SHOWN + 1)
+    else:
+        results, freed = await node.sql(node.store.commit_records, valid, OLDER_VERSIONS_SHOWN + 1) if valid else ([], [])
+        if freed:
+            await node.run(node.store.unlink_shards, freed)
     done = iter(results)
     answers = []
     for r in recs:
@@ -405,36 +401,6 @@ async def put_records(request: web.Request) -> web.Response:
             result = {"ok": True, **({"older": result} if len(result) <= OLDER_VERSIONS_SHOWN else {})}
         answers.append(_answer(result))
     return _packed(answers)
-
-
-async def _carry_in(node: Node, recs: list[ObjectRecord | Exception]) -> list[list[BlobRow]]:
-    """Write the shard files records carry (`Store.carry_in`), one disk job a record, in parallel; each such
-    record is replaced by the record to store, or by its RecordError. Returns the rows written, one list a
-    record, for the commit. Any other failure removes every file written and raises."""
-    rows: list[list[BlobRow]] = [[] for _ in recs]
-    carrying = [i for i, r in enumerate(recs) if isinstance(r, ObjectRecord) and carries_shards(r)]
-    if not carrying:
-        return rows
-    outcomes = await asyncio.gather(*(node.run(node.store.carry_in, recs[i]) for i in carrying),
-                                    return_exceptions=True)
-    failure: BaseException | None = None
-    for i, outcome in zip(carrying, outcomes, strict=True):
-        if isinstance(outcome, RecordError):
-            recs[i] = outcome
-        elif isinstance(outcome, BaseException):
-            failure = failure or outcome
-        else:
-            recs[i], rows[i] = outcome
-    if failure is not None:
-        await _unlink_rows(node, rows)
-        raise failure
-    return rows
-
-
-async def _unlink_rows(node: Node, rows: list[list[BlobRow]]) -> None:
-    paths = [row.path for written in rows for row in written]
-    if paths:
-        await asyncio.shield(node.run(node.store.unlink_shards, paths))
 
 
 async def delete_records(request: web.Request) -> web.Response:
