@@ -68,6 +68,7 @@ class Node:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int = 0  # what the process exits with once `stopping` is set
     _map_lock: threading.Lock = field(default_factory=threading.Lock)
+    digests_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one `partition_digests` settles at a time
     _counts: tuple[float, dict[str, int]] = (0.0, {})
 
     def run(self, fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
@@ -506,12 +507,23 @@ async def partition_digest(request: web.Request) -> web.Response:
     return _packed({"digest": digest, "count": count, "bytes": size, "markers": markers})
 
 
+DIGEST_JOB_SECONDS = 0.005
+"""How long one SQL job of `partition_digests` settles digests before the node's other requests go on."""
+
+
 async def partition_digests(request: web.Request) -> web.Response:
-    """Every held partition's digest in one answer: a repair pass asks each node once, not once a partition."""
+    """Every held partition's digest in one answer: a repair pass asks each node once, not once a partition.
+
+    The digests of partitions written since the last ask are settled in SQL jobs of a few milliseconds.
+    Every node's repair pass asks at about the same time; the askers take turns, so the second finds
+    the digests the first settled, instead of each settling them all again."""
     node = request.app[NODE]
-    kept, missing = await node.sql(node.store.kept_digests)
-    for p in missing:  # one SQL job each: a cold node's record reads and writes go on in between
-        kept[p] = await node.sql(node.store.partition_digest, p)
+    async with node.digests_lock:
+        kept, missing = await node.sql(node.store.kept_digests)
+        while missing:
+            done = await node.sql(node.store.partition_digests_for, missing, DIGEST_JOB_SECONDS)
+            kept.update(done)
+            missing = missing[len(done):]
     return _packed({"empty": list(node.store.EMPTY_DIGEST), "held": [[p, *d] for p, d in sorted(kept.items())]})
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -712,6 +712,21 @@ class Store:
         else:
             self._settle(partition, kept)
         return _digest(kept)
+
+    @on_sql_thread
+    def partition_digests_for(self, partitions: Sequence[int], budget: float) -> dict[int, tuple[str, int, int, int]]:
+        """`partition_digest` of the first of `partitions`, as many as `budget` seconds allow (one at least).
+
+        Settling the digest of a partition written since the last ask costs its changed versions, so one
+        SQL job settles many; a partition read whole (cold, or rewritten wholesale) may take the budget alone.
+        The node's record reads and writes go on between such jobs."""
+        deadline = time.perf_counter() + budget
+        out: dict[int, tuple[str, int, int, int]] = {}
+        for p in partitions:
+            out[p] = self.partition_digest(p)
+            if time.perf_counter() >= deadline:
+                break
+        return out
 
     PENDING_MAX = 4096
     """Versions noted as changing in one partition past which its kept digest is dropped (recomputed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 import tempfile
@@ -279,6 +280,57 @@ async def test_one_call_gives_every_partition_digest_as_the_per_partition_call_d
     finally:
         await node.client.close()
         await node.server.close()
+
+
+async def test_askers_at_once_after_writes_settle_each_digest_once(tmp_path: Path, monkeypatch) -> None:
+    """Every node's repair pass asks for the digests at about the same time. After a burst of writes the
+    first asker settles them; the others wait their turn and find them settled (each settling them all
+    again cost a node a second of CPU for 6,000 writes at 6 askers)."""
+    from tests.unit.test_node_rpc import record as rpc_record
+    from tests.unit.test_node_rpc import start
+
+    node = await start(tmp_path / "n1")
+    try:
+        inline = PartRef(1, 3, "e", "i", inline=b"abc")
+        for i in range(60):
+            await node.client.put_record(node.info, rpc_record(f"key{i}", f"{i + 1:016x}", [inline]))
+        first = await node.client.partition_digests(node.info)  # kept from here on
+        for i in range(0, 60, 2):
+            await node.client.delete_record(node.info, "b", f"key{i}", f"{i + 1:016x}")
+        for i in range(60, 90):
+            await node.client.put_record(node.info, rpc_record(f"key{i}", f"{i + 1:016x}", [inline]))
+        asked: list[int] = []
+        digest = Store.partition_digest.__wrapped__  # type: ignore[attr-defined]
+
+        def counted(store: Store, p: int) -> tuple[str, int, int, int]:
+            asked.append(p)
+            return digest(store, p)
+
+        monkeypatch.setattr(Store, "partition_digest", counted)
+        monkeypatch.setattr("node.server.DIGEST_JOB_SECONDS", 0.0)  # a job a partition: the askers interleave
+        answers = await asyncio.gather(*(node.client.partition_digests(node.info) for _ in range(6)))
+        settled, asked[:] = list(asked), []
+        held = await node.client.partitions_held(node.info)
+        assert all(a.held == answers[0].held for a in answers) and sorted(answers[0].held) == held
+        for p in range(256):  # the harness map has 2^8 partitions
+            want = await node.client.partition_digest(node.info, p)
+            assert all(a.of(p) == want for a in answers)
+        assert len(settled) > 10, "the deletes left no digest to settle"
+        assert len(settled) == len(set(settled)), "a digest was settled more than once"
+        assert any(answers[0].of(p) != first.of(p) for p in settled)
+    finally:
+        await node.client.close()
+        await node.server.close()
+
+
+def test_one_digest_job_settles_as_many_partitions_as_its_budget_allows(store: Store) -> None:
+    for key in KEYS:
+        store.put_record(record(key, "v1", 0, "inline"))
+    held = store.partitions_held()
+    assert len(held) > 1
+    assert list(store.partition_digests_for(held, 0.0)) == held[:1]  # one at least
+    everything = store.partition_digests_for(held, 60.0)
+    assert list(everything) == held and all(everything[p] == store.fresh_digest(p) for p in held)
 
 
 def test_records_damaged_on_disk_are_found_by_scrub_not_hidden_by_a_kept_digest(store: Store) -> None:
