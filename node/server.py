@@ -617,7 +617,8 @@ async def stats(request: web.Request) -> web.Response:
     """Fresh counts (records, blobs and their bytes, pending and quarantined blobs, corrupt found)."""
     node = request.app[NODE]
     counts = await node.sql(node.store.counts)
-    return web.json_response({"id": node.cfg.id, **counts, "swept_temp_files": node.store.swept})
+    return web.json_response({"id": node.cfg.id, **counts, "swept_temp_files": node.store.swept,
+                              "swept_orphan_shards": node.store.swept_orphans})
 
 
 # -- the app and the process ----------------------------------------------------------------------
@@ -657,6 +658,9 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     store = Store(cfg.data_dir, cmap.partition_bits, cfg.fsync, fail_after_bytes)
     if store.swept:
         log.info("removed %d temp files left by an earlier run", store.swept, extra={"swept": store.swept})
+    if store.swept_orphans:
+        log.warning("removed %d shard files no record names, left by an earlier run", store.swept_orphans,
+                    extra={"swept": store.swept_orphans})
     node = Node(cfg, store, cmap, ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"disk-{cfg.id}"))
     app = web.Application(middlewares=[metrics.observe_middleware, auth_middleware, errors_middleware],
                           client_max_size=64 * 1024 * 1024)

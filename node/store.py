@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ import xxhash
 from node.shards import (
     CORRUPT_SUFFIX,
     BlobRow,
+    BLOB_ID,
     BlobWriter,
     CorruptShard,
     DiskFull,
@@ -66,6 +68,8 @@ SCHEMA_VERSION = 3  # PRAGMA user_version; 1 had no blob_refs table and no kv.de
 # above the 1/20 of a page such tables are made for, so each row spilled into an overflow page of its
 # own (4.75 KB on disk per record) and the b-tree, full rows even in its interior pages, grew deep.
 # A rowid table keeps whole rows in its leaves, with a small unique index on the key.
+
+log = logging.getLogger("objstore.node.store")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -171,6 +175,7 @@ class Store:
         self._held: set[int] | None = None
         self.corrupt_found = self._counter("corrupt_found")
         self.swept = self.sweep_temp_files()
+        self.swept_orphans = self.sweep_orphan_shards()
 
     def _mark_sql_thread(self) -> None:
         self._local.sql = True
@@ -214,6 +219,48 @@ class Store:
     def sweep_temp_files(self) -> int:
         """Remove temp files a crash left behind (they were never committed)."""
         return sweep_temp_files(self.data)
+
+    def sweep_orphan_shards(self) -> int:
+        """Remove the shard files no blob row names; returns how many. Run before the node serves.
+
+        A crash leaves them: a shard file is renamed into place before its row commits (an upload, a
+        shard carried in a record), and a removed shard's row goes before its file. Nothing reads such a
+        file, and nothing else would ever remove it. Only names of shard files (`<blob>.<shard>` in a
+        partition directory) are looked at; quarantined copies stay with their rows. A store with no
+        blob row at all keeps its files: records.db lost or replaced is for an operator to look at,
+        not a reason to empty the disk."""
+        found: list[tuple[str, str, int]] = []  # (path relative to the store's root, blob, shard)
+        with os.scandir(self.data) as pdirs:
+            partitions = sorted(d.name for d in pdirs if d.name.isdigit() and d.is_dir(follow_symlinks=False))
+        for pdir in partitions:
+            with os.scandir(self.data / pdir) as entries:
+                for entry in entries:
+                    blob, dot, shard = entry.name.rpartition(".")
+                    if dot and shard.isdigit() and BLOB_ID.fullmatch(blob) and entry.is_file(follow_symlinks=False):
+                        found.append((f"{self.data.name}/{pdir}/{entry.name}", blob, int(shard)))
+        if not found:
+            return 0
+        named = self._rows_naming(found)
+        if named is None:
+            log.error("records.db holds no shard rows but %d shard files are on disk: left in place", len(found))
+            return 0
+        orphans = [path for (path, _, _), ok in zip(found, named, strict=True) if not ok]
+        for path in orphans:
+            (self.root / path).unlink(missing_ok=True)
+        return len(orphans)
+
+    @on_sql_thread
+    def _rows_naming(self, files: list[tuple[str, str, int]]) -> list[bool] | None:
+        """For each (path, blob, shard), whether the blob row of that shard names that file; None if
+        there is no blob row at all."""
+        db = self._db
+        if db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone() is None:
+            return None
+        out = []
+        for path, blob, shard in files:
+            row = db.execute("SELECT path FROM blobs WHERE blob=? AND shard=?", (blob, shard)).fetchone()
+            out.append(row is not None and row[0] == path)
+        return out
 
     # -- shard files ----------------------------------------------------------------------------
 

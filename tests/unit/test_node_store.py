@@ -179,6 +179,50 @@ def test_a_refused_carried_record_leaves_no_shard_file(store: Store, monkeypatch
     assert [p.name for p in store.data.rglob("*") if p.is_file()] == ["ok.0"]
 
 
+def test_shard_files_a_crash_left_without_a_row_go_at_the_next_start(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard file is renamed into place before its row commits, and a removed shard's row goes before its
+    file: a crash in between leaves a file nothing names. The next start removes it, and nothing else."""
+    monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", BS)
+    data = random.Random(8).randbytes(2 * BS)
+    s = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    s.put_records([rec("kept", "v1", [carried("kept", data)])], 0)
+    write_blob(s, "upload", data, partition=9)  # pending: its upload's record may still come
+    stored, rows = s.carry_in(rec("crashed", "v1", [carried("crashed", data)]))
+    assert rows and s.data.joinpath(rows[0].path.split("/", 1)[1]).exists()  # the crash: no commit follows
+    s.put_records([rec("gone", "v1", [carried("gone", data)])], 0)
+    s.sql_executor.submit(lambda: s._db.execute("DELETE FROM blobs WHERE blob='gone'")).result()  # then a crash
+    pdir = next(s.data.glob("*/kept.0")).parent
+    (pdir / "other.0.corrupted").write_bytes(b"quarantined")
+    (pdir / "notes.txt").write_bytes(b"not a shard")
+    (pdir / "kept.1").write_bytes(b"no row names this shard of kept")
+    s.close()
+    again = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    try:
+        assert again.swept_orphans == 3
+        names = sorted(p.name for p in again.data.rglob("*") if p.is_file())
+        assert names == ["kept.0", "notes.txt", "other.0.corrupted", "upload.0"]
+        (row,) = [again.blob("kept", 0)]
+        assert row is not None and b"".join(again.read_blob_blocks(row, 0, row.blocks - 1)) == data
+    finally:
+        again.close()
+
+
+def test_shard_files_stay_when_records_db_holds_no_shard_row(tmp_path: Path) -> None:
+    """records.db lost or replaced is for an operator to look at: the start sweeps nothing."""
+    s = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    write_blob(s, "a", b"x" * BS)
+    s.close()
+    (tmp_path / "node" / "records.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "node" / f"records.db{suffix}").unlink(missing_ok=True)
+    again = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    try:
+        assert again.swept_orphans == 0 and [p.name for p in again.data.rglob("a.*")] == ["a.0"]
+    finally:
+        again.close()
+
+
 def test_a_record_must_list_every_part(store: Store) -> None:
     data = b"d" * BS
     write_blob(store, "p", data)
