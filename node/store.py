@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     state TEXT NOT NULL, created INTEGER NOT NULL,
     PRIMARY KEY (blob, shard)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_partition ON blobs (partition);
 CREATE TABLE IF NOT EXISTS blob_refs (
     blob TEXT NOT NULL, shard INTEGER NOT NULL, bucket TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,
     PRIMARY KEY (blob, shard, bucket, key, version)

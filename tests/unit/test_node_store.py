@@ -366,6 +366,22 @@ def test_writer_lock_orders_abort_after_a_running_write(tmp_path: Path) -> None:
     assert not w.tmp.exists() and w.size == 10
 
 
+def test_the_shard_rows_of_a_partition_are_found_through_an_index(tmp_path: Path) -> None:
+    """Partition digests and repair read a partition's shard rows; a scan of every row was 11 ms a
+    partition at 100,000 shards (45 s a node for the digests of 4096 partitions), an index 0.1 ms.
+    A database made before the index gets it when opened."""
+    s = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    s.sql_executor.submit(lambda: s._db.execute("DROP INDEX blobs_by_partition")).result()
+    s.close()
+    s = Store(tmp_path / "node", partition_bits=8, fsync=False)
+    try:
+        plan = s.sql_executor.submit(lambda: s._db.execute(
+            "EXPLAIN QUERY PLAN SELECT blob, shard, state FROM blobs WHERE partition=?", (5,)).fetchall()).result()
+        assert any("USING INDEX blobs_by_partition" in str(row[-1]) for row in plan), plan
+    finally:
+        s.close()
+
+
 def test_a_version_2_database_moves_its_records_into_a_rowid_table(tmp_path: Path) -> None:
     root = tmp_path / "v2"
     first = Store(root, partition_bits=8, fsync=False)
