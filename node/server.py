@@ -532,6 +532,18 @@ async def partition_records(request: web.Request) -> web.Response:
     return _packed([list(s) for s in await node.sql(node.store.partition_summaries, int(request.match_info["p"]))])
 
 
+async def partitions_records(request: web.Request) -> web.Response:
+    """Several `/partition/{p}/records` ([p] each) in one call, read in SQL jobs of a few milliseconds;
+    answers [200, rows] each. A repair pass drilling into many partitions (delete markers come due
+    everywhere at once) asked every node one request a partition: 8 ms of cluster CPU per key collected."""
+    node = request.app[NODE]
+    partitions = [int(p) for p in await _batch(request)]
+    found: list[list[tuple[str, str, str, int, bool, bool]]] = []
+    while len(found) < len(partitions):
+        found += await node.sql(node.store.partition_summaries_for, partitions[len(found):], DIGEST_JOB_SECONDS)
+    return _packed([_answer([list(row) for row in rows]) for rows in found])
+
+
 async def partitions_held(request: web.Request) -> web.Response:
     node = request.app[NODE]
     return _packed(await node.sql(node.store.partitions_held))
@@ -681,6 +693,7 @@ def build_app(cfg: NodeConfig, cmap: ClusterMap | None = None, *, loops: bool = 
     r.add_get("/list", list_entries)
     r.add_get(r"/partition/{p:\d+}/digest", partition_digest)
     r.add_get(r"/partition/{p:\d+}/records", partition_records)
+    r.add_post("/partitions/records", partitions_records)
     r.add_get("/partitions", partitions_held)
     r.add_get("/partitions/digests", partition_digests)
     r.add_put("/kv", put_kv)

@@ -728,6 +728,18 @@ class Store:
         """
         return [row[:6] for row in self._summaries(partition)]  # type: ignore[misc]
 
+    @on_sql_thread
+    def partition_summaries_for(self, partitions: Sequence[int], budget: float
+                                ) -> list[list[tuple[str, str, str, int, bool, bool]]]:
+        """`partition_summaries` of the first of `partitions`, as many as `budget` seconds allow (one at least)."""
+        deadline = time.perf_counter() + budget
+        out = []
+        for p in partitions:
+            out.append(self.partition_summaries(p))
+            if time.perf_counter() >= deadline:
+                break
+        return out
+
     def _summaries(self, partition: int) -> list[tuple[str, str, str, int, bool, bool, int]]:
         """partition_summaries with each record's object size (0 when it does not read back); SQL thread."""
         db = self._db

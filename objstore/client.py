@@ -220,6 +220,7 @@ class NodeClient:
         self._streams: BlobStreams | None = None
         self._read_timeout, self._connect_timeout = timeout, connect_timeout
         self._batches: dict[tuple[str, str, str], _Coalescer] = {}
+        self._one_partition_a_call: set[str] = set()  # nodes without POST /partitions/records
 
     def _coalescer(self, node: NodeInfo, path: str) -> _Coalescer:
         key = (node.id, node.url, path)
@@ -413,7 +414,17 @@ class NodeClient:
         return PartitionDigests({int(row[0]): _digest(row[1:]) for row in d["held"]}, _digest(d["empty"]))
 
     async def partition_records(self, node: NodeInfo, partition: int) -> list[tuple[str, str, str, int, bool, bool]]:
-        """(bucket, key, version, shard, deleted, healthy) of every record the node holds in a partition."""
+        """(bucket, key, version, shard, deleted, healthy) of every record the node holds in a partition.
+
+        Calls made together to one node go as one `POST /partitions/records` (coalesced); a node without
+        it (an older version) is asked one partition a call."""
+        if node.id not in self._one_partition_a_call:
+            try:
+                rows = await self._coalescer(node, "/partitions/records").call(int(partition))
+            except NotFound:
+                self._one_partition_a_call.add(node.id)
+            else:
+                return [(str(b), str(k), str(v), int(s), bool(d), bool(h)) for b, k, v, s, d, h in rows]
         rows = await self._unpack(node, "GET", f"/partition/{int(partition)}/records")
         return [(str(b), str(k), str(v), int(s), bool(d), bool(h)) for b, k, v, s, d, h in rows]
 

@@ -22,6 +22,8 @@ log = logging.getLogger("objstore.repair")
 
 RECHECK_DELAY = 0.5
 """Seconds a pass waits before asking again for the digests of partitions whose owners differed."""
+SCANS_AT_ONCE = 32
+"""Partitions a pass looks into at once (see `run_pass`)."""
 
 Summary = tuple[str, str, str, int, bool, bool]  # bucket, key, version, shard, deleted, healthy
 Removal = tuple[str, str, str, dict[str, NodeInfo]]  # bucket, key, version, the nodes holding records of it
@@ -197,20 +199,28 @@ class Repairer:
             if progress:
                 progress(stats)
 
+        async def scan_all(partitions: list[tuple[Ring, int]], digests: dict[str, PartitionDigests],
+                           drill: bool) -> None:
+            # SCANS_AT_ONCE partitions at a time: the record listings a drill asks for go to each node
+            # as one batch (the node client coalesces them), not as a request a partition.
+            for i in range(0, len(partitions), SCANS_AT_ONCE):
+                await asyncio.gather(*(scan(ring, p, digests, drill) for ring, p in partitions[i:i + SCANS_AT_ONCE]))
+
+        led: list[tuple[Ring, int]] = []
         for ring in rings:
             for p in sorted(held):
                 leader = ring.leader(p, lambda nid: self.alive(self.view.map.node(nid)))
                 if self.me is not None and (leader is None or leader.id != self.me):
                     continue
                 stats.partitions_total += 1
-                await scan(ring, p, digests, drill=False)
+                led.append((ring, p))
+        await scan_all(led, digests, drill=False)
         if differ:
             # Owners' digests read while writes are in flight differ for the partitions those writes touch.
             # Asked again a moment later, most agree: only the others are drilled into, record by record.
             await asyncio.sleep(RECHECK_DELAY)
             _, digests = await self._partitions_held()
-            for ring, p in differ[:]:
-                await scan(ring, p, digests, drill=True)
+            await scan_all(differ[:], digests, drill=True)
         await remove()
         tasks.sort(key=lambda t: (t.healthy, t.version))  # most at risk first
         stats.objects_remaining = len(tasks)

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgpack
@@ -493,6 +494,38 @@ async def test_partition_digest_and_records(node: Harness) -> None:
     other = await start_twin_digest(node, p)
     assert other == digest
     assert p in await node.client.partitions_held(node.info)
+
+
+async def test_partition_records_asked_together_go_as_one_request(node: Harness,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repair pass drills into many partitions at once: their record listings go to a node as one
+    batch, each answered as the single call answers it; a node without the batch call is asked one
+    partition a call."""
+    for i in range(60):
+        await node.client.put_record(node.info, record(f"key{i}", f"{i + 1:016x}", [inline_part()]))
+    held = await node.client.partitions_held(node.info)
+    assert len(held) > 20
+    single = [await node.client._unpack(node.info, "GET", f"/partition/{p}/records") for p in held]
+    posts: list[str] = []
+    post = NodeClient._post
+
+    async def counted(self: NodeClient, n: NodeInfo, path: str, body: Any) -> Any:
+        posts.append(path)
+        return await post(self, n, path, body)
+
+    monkeypatch.setattr(NodeClient, "_post", counted)
+    together = await asyncio.gather(*(node.client.partition_records(node.info, p) for p in held))
+    assert [[list(r) for r in rows] for rows in together] == single
+    assert 1 <= posts.count("/partitions/records") <= 2  # the first call alone, then the rest together
+    old = NodeClient._coalescer
+    monkeypatch.setattr(NodeClient, "_coalescer",
+                        lambda self, n, path: old(self, n, path.replace("/partitions/records", "/gone")))
+    other = NodeClient(SECRET, timeout=5.0)
+    try:
+        assert await asyncio.gather(*(other.partition_records(node.info, p) for p in held)) == together
+        assert node.info.id in other._one_partition_a_call
+    finally:
+        await other.close()
 
 
 async def start_twin_digest(node: Harness, p: int) -> str:
