@@ -378,7 +378,7 @@ class Repairer:
             if superseded or len(healthy_idx) < k:
                 if len(healthy_idx) < k and not old and v == ordered[0]:
                     continue  # maybe a write in progress
-                if len(healthy_idx) < k:
+                if len(healthy_idx) < k and not replaced:  # a replaced one is garbage no read reaches
                     stats.objects_unreadable += 1
                 continue
             stats.objects_scanned += 1

@@ -365,3 +365,23 @@ async def test_only_versions_that_may_go_are_timed(tmp_path: Path) -> None:
         assert timed == set(keys) and len(repairer._first_seen) == len(keys)  # the failed writes alone
     finally:
         await c.close()
+
+
+async def test_an_older_null_version_a_newer_one_replaced_is_not_counted_unreadable(tmp_path: Path) -> None:
+    """A key overwritten (or deleted) while a node was down leaves that node the old version's record alone:
+    fewer than k shards of a version no read can reach any more. It waits out its grace as garbage; an
+    operator's status must not call it an unreadable object."""
+    c = await start_cluster(tmp_path)
+    try:
+        put_kv(c, bucket_record(None), [n.id for n in c.nodes])
+        old, new = versioned_id(null=True), versioned_id(null=True)
+        await put(c, "k", payload(5_000, seed=1), version=old)
+        await put(c, "k", payload(5_000, seed=2), version=new)
+        for n in c.owners("k")[1:]:
+            c.store(n.id).delete_record(BUCKET, "k", old)
+        stats = await Repairer(c.view, c.client, c.io, gc_grace=3600).run_pass()
+        assert stats.objects_unreadable == 0 and old in versions_held(c, "k")
+        await retire_pass(c)  # past its grace it goes
+        assert versions_held(c, "k") == {new}
+    finally:
+        await c.close()
