@@ -507,8 +507,8 @@ async def partition_digest(request: web.Request) -> web.Response:
     return _packed({"digest": digest, "count": count, "bytes": size, "markers": markers})
 
 
-DIGEST_JOB_SECONDS = 0.005
-"""How long one SQL job of `partition_digests` settles digests before the node's other requests go on."""
+PARTITIONS_JOB_SECONDS = 0.005
+"""How long one SQL job of `partition_digests` or `partitions_records` runs before the node's other requests go on."""
 
 
 async def partition_digests(request: web.Request) -> web.Response:
@@ -521,8 +521,9 @@ async def partition_digests(request: web.Request) -> web.Response:
     async with node.digests_lock:
         kept, missing = await node.sql(node.store.kept_digests)
         while missing:
-            done = await node.sql(node.store.partition_digests_for, missing, DIGEST_JOB_SECONDS)
-            kept.update(done)
+            done = await node.sql(node.store.each_partition, node.store.partition_digest, missing,
+                                  PARTITIONS_JOB_SECONDS)
+            kept.update(zip(missing, done))
             missing = missing[len(done):]
     return _packed({"empty": list(node.store.EMPTY_DIGEST), "held": [[p, *d] for p, d in sorted(kept.items())]})
 
@@ -540,7 +541,8 @@ async def partitions_records(request: web.Request) -> web.Response:
     partitions = [int(p) for p in await _batch(request)]
     found: list[list[tuple[str, str, str, int, bool, bool]]] = []
     while len(found) < len(partitions):
-        found += await node.sql(node.store.partition_summaries_for, partitions[len(found):], DIGEST_JOB_SECONDS)
+        found += await node.sql(node.store.each_partition, node.store.partition_summaries, partitions[len(found):],
+                                PARTITIONS_JOB_SECONDS)
     return _packed([_answer([list(row) for row in rows]) for rows in found])
 
 

@@ -728,18 +728,6 @@ class Store:
         """
         return [row[:6] for row in self._summaries(partition)]  # type: ignore[misc]
 
-    @on_sql_thread
-    def partition_summaries_for(self, partitions: Sequence[int], budget: float
-                                ) -> list[list[tuple[str, str, str, int, bool, bool]]]:
-        """`partition_summaries` of the first of `partitions`, as many as `budget` seconds allow (one at least)."""
-        deadline = time.perf_counter() + budget
-        out = []
-        for p in partitions:
-            out.append(self.partition_summaries(p))
-            if time.perf_counter() >= deadline:
-                break
-        return out
-
     def _summaries(self, partition: int) -> list[tuple[str, str, str, int, bool, bool, int]]:
         """partition_summaries with each record's object size (0 when it does not read back); SQL thread."""
         db = self._db
@@ -774,16 +762,15 @@ class Store:
         return _digest(kept)
 
     @on_sql_thread
-    def partition_digests_for(self, partitions: Sequence[int], budget: float) -> dict[int, tuple[str, int, int, int]]:
-        """`partition_digest` of the first of `partitions`, as many as `budget` seconds allow (one at least).
-
-        Settling the digest of a partition written since the last ask costs its changed versions, so one
-        SQL job settles many; a partition read whole (cold, or rewritten wholesale) may take the budget alone.
-        The node's record reads and writes go on between such jobs."""
+    def each_partition(self, fn: Callable[[int], R], partitions: Sequence[int], budget: float) -> list[R]:
+        """`fn(p)` (a partition's digest, its summaries) for the first of `partitions`, as many as `budget`
+        seconds allow, one at least: one SQL job for many partitions, and the node's record reads and writes
+        go on between such jobs. Settling the digest of a partition written since the last ask costs its
+        changed versions, so a job settles many; a partition read whole may take the budget alone."""
         deadline = time.perf_counter() + budget
-        out: dict[int, tuple[str, int, int, int]] = {}
+        out = []
         for p in partitions:
-            out[p] = self.partition_digest(p)
+            out.append(fn(p))
             if time.perf_counter() >= deadline:
                 break
         return out

@@ -307,7 +307,7 @@ async def test_askers_at_once_after_writes_settle_each_digest_once(tmp_path: Pat
             return digest(store, p)
 
         monkeypatch.setattr(Store, "partition_digest", counted)
-        monkeypatch.setattr("node.server.DIGEST_JOB_SECONDS", 0.0)  # a job a partition: the askers interleave
+        monkeypatch.setattr("node.server.PARTITIONS_JOB_SECONDS", 0.0)  # a job a partition: the askers interleave
         answers = await asyncio.gather(*(node.client.partition_digests(node.info) for _ in range(6)))
         settled, asked[:] = list(asked), []
         held = await node.client.partitions_held(node.info)
@@ -328,9 +328,9 @@ def test_one_digest_job_settles_as_many_partitions_as_its_budget_allows(store: S
         store.put_record(record(key, "v1", 0, "inline"))
     held = store.partitions_held()
     assert len(held) > 1
-    assert list(store.partition_digests_for(held, 0.0)) == held[:1]  # one at least
-    everything = store.partition_digests_for(held, 60.0)
-    assert list(everything) == held and all(everything[p] == store.fresh_digest(p) for p in held)
+    assert store.each_partition(store.partition_digest, held, 0.0) == [store.fresh_digest(held[0])]  # one at least
+    everything = store.each_partition(store.partition_digest, held, 60.0)
+    assert everything == [store.fresh_digest(p) for p in held]
 
 
 def test_records_damaged_on_disk_are_found_by_scrub_not_hidden_by_a_kept_digest(store: Store) -> None:
