@@ -418,14 +418,14 @@ class NodeClient:
 
         Calls made together to one node go as one `POST /partitions/records` (coalesced); a node without
         it (an older version) is asked one partition a call."""
+        rows = None
         if node.id not in self._one_partition_a_call:
             try:
                 rows = await self._coalescer(node, "/partitions/records").call(int(partition))
             except NotFound:
                 self._one_partition_a_call.add(node.id)
-            else:
-                return [(str(b), str(k), str(v), int(s), bool(d), bool(h)) for b, k, v, s, d, h in rows]
-        rows = await self._unpack(node, "GET", f"/partition/{int(partition)}/records")
+        if rows is None:
+            rows = await self._unpack(node, "GET", f"/partition/{int(partition)}/records")
         return [(str(b), str(k), str(v), int(s), bool(d), bool(h)) for b, k, v, s, d, h in rows]
 
     async def partitions_held(self, node: NodeInfo) -> list[int]:
