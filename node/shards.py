@@ -77,6 +77,19 @@ def fsync_dir(path: Path) -> None:
         os.close(dfd)
 
 
+def make_dir(path: Path, fsync: bool = True) -> None:
+    """Create a directory (and missing parents), each new one's entry made durable in its parent."""
+    if path.is_dir():
+        return
+    make_dir(path.parent, fsync)
+    try:
+        path.mkdir()
+    except FileExistsError:  # made meanwhile by another writer, whose fsync may not have run yet
+        pass
+    if fsync:
+        fsync_dir(path.parent)
+
+
 def unlink_shard(path: Path) -> None:
     """Remove a shard file and its quarantined copy, if any."""
     for p in (path, path.with_name(path.name + CORRUPT_SUFFIX)):
@@ -104,9 +117,12 @@ class BlobWriter:
             raise ValueError("block_size must be > 0")
         self.final, self.block_size, self.fsync = final, block_size, fsync
         self.fail_after_bytes = fail_after_bytes  # fault hook: ENOSPC once the file would pass this size
-        final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = final.with_name(f"{final.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-        self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the partition's first shard here: its directory comes first
+            make_dir(final.parent, fsync)
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
         self.checksums: list[int] = []
         self._hasher = xxhash.xxh3_64()

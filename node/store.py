@@ -513,7 +513,7 @@ class Store:
         with _transaction(db):
             for i, rec in enumerate(recs):
                 carried = rows[i] if rows else []
-                older = None if carried else self._write_new_inline(rec, older_limit, terms)
+                older = self._write_new(rec, older_limit, terms, carried)
                 if older is not None:
                     results.append(older)
                     fast.add(i)
@@ -551,24 +551,42 @@ class Store:
                 results[i] = self.older_versions(rec.bucket, rec.key, rec.version, older_limit)
         return results, paths
 
-    def _write_new_inline(self, rec: ObjectRecord, older_limit: int,
-                          terms: list[tuple[int, int, int, int]]) -> list[str] | None:
-        """Write a record the short way if it is the first of its version here and all its parts are inline
-        (a small object's shard, a delete marker): no blob to check, no shard file to free, nothing to
-        undo, and its digest term is known without reading it back (noted in `terms`, added once the
-        transaction commits). Returns up to `older_limit` older versions of its key held here, or None
-        (nothing written) when the record needs the full path of `_write_record`.
+    def _write_new(self, rec: ObjectRecord, older_limit: int, terms: list[tuple[int, int, int, int]],
+                   carried: list[BlobRow]) -> list[str] | None:
+        """Write a record the short way if it is the first of its version here and each of its parts is
+        inline (a small object's shard, a delete marker) or a shard file `carry_in` just wrote for it
+        (`carried`, which no record here names yet): nothing to check against other rows, no shard file to
+        free, nothing to undo, and its digest term is known without reading it back (noted in `terms`,
+        added once the transaction commits). Five statements where `_write_record` takes a dozen.
+
+        Returns up to `older_limit` older versions of its key held here, or None (nothing written) when
+        the record needs the full path of `_write_record`.
         """
-        if any(p.inline is None for p in rec.parts) or (not rec.deleted and sum(p.size for p in rec.parts) != rec.size):
+        if not rec.deleted and sum(p.size for p in rec.parts) != rec.size:
             return None
+        by_blob = {row.blob: row for row in carried}
+        for p in rec.parts:
+            if p.inline is None and (p.blob not in by_blob or by_blob[p.blob].checksums != p.checksums):
+                return None
         db = self._db
         newest = [v for (v,) in db.execute(
             "SELECT DISTINCT version FROM objects WHERE bucket=? AND key=? AND version<=? ORDER BY version DESC "
             "LIMIT ?", (rec.bucket, rec.key, rec.version, older_limit + 1))]
         if newest and newest[0] == rec.version:
             return None  # a record of this version is here (another shard, or this one again)
+        for row in carried:
+            if db.execute("SELECT 1 FROM blob_refs WHERE blob=? AND shard=? LIMIT 1", (row.blob, row.shard)).fetchone():
+                return None  # a shard file other records name (their terms change with it)
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
+        for row in carried:
+            row.state = "committed"
+            db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
+                       (row.blob, row.shard, row.partition, row.path, row.size, row.block_size,
+                        msgpack.packb(row.checksums), row.state, row.created))
         db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", _object_row(rec, partition))
+        for row in carried:
+            db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)", (row.blob, rec.shard, rec.bucket, rec.key,
+                                                                    rec.version))
         if partition in self._digests and (rec.bucket, rec.key, rec.version) not in self._before.get(partition, ()):
             # (A noted version, one removed since the digest was last asked, gets its term when it settles.)
             terms.append((partition, _term(rec.bucket, rec.key, rec.version, rec.deleted), rec.size,

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+import node.store
 from node.store import BlobMissing, BlobReferenced, Store
 from objstore.cluster import ECProfile
 from objstore.codec import block_checksum
@@ -38,6 +39,14 @@ def blob_part(blob: str, number: int = 1) -> PartRef:
                    checksums=[block_checksum(data[i:i + BS]) for i in range(0, len(data), BS)])
 
 
+def carried_part(blob: str) -> PartRef:
+    """The shard as a gateway sends a one-stripe object's: inside the record, for the node to write to a
+    shard file of its own (it is above the inline size the machine sets)."""
+    part = blob_part(blob)
+    part.inline = blob_data(blob)
+    return part
+
+
 def write_blob(store: Store, blob: str, shard: int, partition: int) -> None:
     w = store.begin_blob(partition, blob, shard, BS)
     w.write(blob_data(blob))
@@ -49,6 +58,7 @@ def record(key: str, version: str, shard: int, kind: str, blob: str = "x") -> Ob
              "blob": [blob_part(blob)],
              "absent": [PartRef(1, 3 * BS, "e", blob, present=False)],
              "mixed": [blob_part(blob), PartRef(2, 10, "e", "elsewhere", present=False)],
+             "carried": [carried_part(blob)],
              "deleted": []}[kind]
     return ObjectRecord(bucket="bk", key=key, version=version, shard=shard, ec=EC, parts=parts,
                         size=sum(p.size for p in parts), deleted=kind == "deleted")
@@ -67,14 +77,17 @@ class DigestMachine(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="digests-"))
         self.store = Store(self.dir / "node", partition_bits=BITS, fsync=False)
         self.uploaded: set[tuple[str, int, int]] = set()
+        self.inline_max, node.store.INLINE_MAX_SHARD = node.store.INLINE_MAX_SHARD, BS  # "carried" makes files
 
     def teardown(self) -> None:
         self.ask_digests()
         self.store.close()
+        node.store.INLINE_MAX_SHARD = self.inline_max
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @rule(key=st.sampled_from(KEYS), version=st.sampled_from(["v1", "v2", "v3"]), shard=SHARDS,
-          kind=st.sampled_from(["inline", "blob", "absent", "mixed", "deleted"]), blob=st.sampled_from(BLOBS))
+          kind=st.sampled_from(["inline", "blob", "absent", "mixed", "carried", "deleted"]),
+          blob=st.sampled_from(BLOBS))
     def put_record(self, key: str, version: str, shard: int, kind: str, blob: str) -> None:
         try:
             self.store.put_record(record(key, version, shard, kind, blob))
@@ -90,7 +103,8 @@ class DigestMachine(RuleBasedStateMachine):
         self.put_record(data.draw(st.sampled_from(keys)), version, shard, kind, blob)
 
     @rule(calls=st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(["v1", "v2", "v3"]), SHARDS,
-                                   st.sampled_from(["inline", "blob", "absent", "deleted"]), st.sampled_from(BLOBS)),
+                                   st.sampled_from(["inline", "blob", "absent", "carried", "deleted"]),
+                                   st.sampled_from(BLOBS)),
                          min_size=2, max_size=5))
     def put_records(self, calls: list[tuple[str, str, int, str, str]]) -> None:
         """Several records in one transaction, as a batch from a gateway commits them: the same version
@@ -359,6 +373,43 @@ def test_a_version_removed_and_written_again_between_two_asks_counts_once(store:
     store.put_record(record("a", "v2", 0, "inline"))  # the short way, with the partition's digest kept
     assert store.partition_digest(p) == store.fresh_digest(p) != kept
     assert store.partition_digest(p)[1] == kept[1] + 1
+
+
+def test_a_shard_file_carried_in_again_counts_for_every_record_that_names_it(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new record that carries a shard file other records here name (one quarantined since) is not
+    written the short way: they turn whole again with it, and their partitions' digests must say so."""
+    monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", BS)
+    store.put_record(record("a", "v1", 0, "carried", "x"))
+    p = partition_of("bk", "a", BITS)
+    whole = store.partition_digest(p)
+    store.quarantine(store.blob("x", 0), "test")
+    assert store.partition_digest(p) == store.fresh_digest(p) != whole
+    store.put_record(record("a", "v2", 0, "carried", "x"))  # a new version here, naming the same file
+    assert store.blob("x", 0).state == "committed"
+    assert store.partition_digest(p) == store.fresh_digest(p)
+    assert store.partition_digest(p)[1] == whole[1] + 1  # v1 whole again, and v2
+
+
+def test_a_new_record_and_the_shard_file_it_carries_take_a_few_statements(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common write of a one-stripe object: its shard file is new and the version is new here, so
+    its rows go in without the checks of a rewrite (a dozen statements a record, measured 2.6x the
+    SQLite time). Sent again, it takes the full way and changes nothing."""
+    monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", BS)
+    store.put_record(record("a", "v0", 0, "inline"))
+    for p in range(2 ** BITS):
+        store.partition_digest(p)  # kept: the write adds its term
+    statements: list[str] = []
+    store.sql_executor.submit(lambda: store._db.set_trace_callback(statements.append)).result()
+    assert store.put_records([record("a", "v1", 0, "carried", "x")], 4) == [["v0"]]
+    store.sql_executor.submit(lambda: store._db.set_trace_callback(None)).result()
+    record_statements = [s for s in statements if not s.startswith(("BEGIN", "COMMIT"))]
+    assert len(record_statements) <= 5, record_statements
+    assert store.blob("x", 0).state == "committed"
+    assert store.partition_digest(partition_of("bk", "a", BITS)) == store.fresh_digest(partition_of("bk", "a", BITS))
+    assert store.put_records([record("a", "v1", 0, "carried", "x")], 4) == [["v0"]]
+    assert [r.version for r in store.versions("bk", "a")] == ["v1", "v0"]
 
 
 def test_a_batch_answers_each_record_with_the_older_versions_the_whole_batch_left(store: Store) -> None:

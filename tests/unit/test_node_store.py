@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import xxhash
 
+import node.shards
 import node.store
 from node.shards import BlobWriter, CorruptShard, DiskFull, ShardUpload
 from node.store import BlobMissing, BlobReferenced, Store
@@ -134,6 +135,25 @@ def test_record_commit_and_blob_references(store: Store) -> None:
     assert store.blob("p1", 0) is not None
     assert store.delete_record("b", "k2", "v1") == 1
     assert store.blob("p1", 0) is None and list(store.data.rglob("p1.*")) == []
+
+
+def test_a_partitions_first_shard_makes_its_directory_durable_too(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard file's rename is made durable by an fsync of its directory; a directory made for it needs
+    its own entry made durable in its parent, or a crash can lose the directory and the shard with it."""
+    synced: list[Path] = []
+    real = node.shards.fsync_dir
+    monkeypatch.setattr(node.shards, "fsync_dir", lambda path: synced.append(path) or real(path))
+    s = Store(tmp_path / "node", partition_bits=8, fsync=True)
+    try:
+        write_blob(s, "first", b"x" * BS, partition=7)
+        pdir = s.data / "00007"
+        assert synced == [s.data, pdir]  # the new directory's entry, then the file's
+        synced.clear()
+        write_blob(s, "second", b"y" * BS, partition=7)
+        assert synced == [pdir]
+    finally:
+        s.close()
 
 
 def carried(blob: str, data: bytes) -> PartRef:
