@@ -241,14 +241,19 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 async def _refresh_map(gw: Gateway) -> None:
-    """Pull the newest map, and the node states of the nodes' failure detector, every interval."""
+    """Every interval, learn the node states of the nodes' failure detector and their map epoch from a few
+    nodes (a brief /health each); pull the map only when one of them holds a newer one."""
     while True:
         await asyncio.sleep(HEALTH_INTERVAL)
         try:
-            await gw.view.refresh(gw.client)
-            for node in gw.view.live_nodes()[:2]:
-                health = await asyncio.wait_for(gw.client.health(node), HEALTH_INTERVAL)
+            nodes = gw.view.live_nodes()[:3]
+            answers = await asyncio.gather(*(asyncio.wait_for(gw.client.health(n, brief=True), HEALTH_INTERVAL)
+                                             for n in nodes), return_exceptions=True)
+            healths = [a for a in answers if isinstance(a, dict)]
+            for health in healths[:2]:
                 gw.view.learn_states(health.get("peers", {}), hold=3 * HEALTH_INTERVAL)
+            if not healths or any(int(h.get("epoch", 0)) > gw.view.map.epoch for h in healths):
+                await gw.view.refresh(gw.client)
         except Exception as e:  # a failed refresh is retried at the next interval
             log.debug("map refresh failed: %s", e)
 

@@ -146,7 +146,7 @@ class Loops:
 
             async def ping(peer: NodeInfo) -> None:
                 try:
-                    info = await asyncio.wait_for(self.client.health(peer),
+                    info = await asyncio.wait_for(self.client.health(peer, brief=True),
                                                   timeout=max(1.0, node.cfg.heartbeat_interval * 2))
                 except Exception:
                     return

@@ -598,13 +598,17 @@ async def put_map(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """The node's state for operators; `?brief=1` (a heartbeat, a gateway's poll): id, map epoch and peer states
+    alone, answered without a disk or SQL job."""
     node = request.app[NODE]
+    peers = {n.id: node.peer_state(n.id) for n in node.cmap.nodes if n.state != "removed"}
+    if request.query.get("brief") == "1":
+        return web.json_response({"id": node.cfg.id, "epoch": node.cmap.epoch, "peers": peers})
     counts = await node.counts()
     usage = await node.run(shutil.disk_usage, node.cfg.data_dir)
     return web.json_response({
         "id": node.cfg.id, "epoch": node.cmap.epoch, "uptime": time.monotonic() - node.started,
-        "disk_total": usage.total, "disk_free": usage.free, **counts,
-        "peers": {n.id: node.peer_state(n.id) for n in node.cmap.nodes if n.state != "removed"},
+        "disk_total": usage.total, "disk_free": usage.free, **counts, "peers": peers,
         **(node.loops.report() if node.loops else {}),
     })
 

@@ -303,6 +303,11 @@ class NodeClient:
     async def _send(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None,
                     body: bytes | Sequence[bytes]) -> Any:
         """`method` with a body in memory, through `BlobStreams`; the answer unpacked (msgpack)."""
+        return msgpack.unpackb(await self._exchange(node, method, path, params, body), raw=False)
+
+    async def _exchange(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None,
+                        body: bytes | Sequence[bytes] = b"") -> bytearray:
+        """The answer's body to an idempotent request with a body in memory, through `BlobStreams`."""
         path_qs, headers = self._signed(method, path, params)
         try:
             async with self._blob_streams().request(method, node.address, path_qs, headers, body) as (status, answer):
@@ -311,7 +316,7 @@ class NodeClient:
             raise NodeUnavailable(node.id, 0, str(e)) from None
         if status >= 300:
             raise _error_for(node, status, bytes(data))
-        return msgpack.unpackb(data, raw=False)
+        return data
 
     async def _unpack(self, node: NodeInfo, method: str, path: str, params: dict[str, Any] | None = None,
                       data: Any = None) -> Any:
@@ -320,8 +325,11 @@ class NodeClient:
 
     # -- RPCs ------------------------------------------------------------------------------------
 
-    async def health(self, node: NodeInfo) -> dict[str, Any]:
-        return cast(dict[str, Any], json.loads(await self._call(node, "GET", "/health") or b"{}"))
+    async def health(self, node: NodeInfo, brief: bool = False) -> dict[str, Any]:
+        """The node's /health document; `brief`: only its id, map epoch and peer states (a node that
+        predates the brief answer sends the whole document, which holds them too)."""
+        answer = await self._exchange(node, "GET", "/health", {"brief": "1"} if brief else None)
+        return cast(dict[str, Any], json.loads(answer or b"{}"))
 
     async def stats(self, node: NodeInfo) -> dict[str, Any]:
         """Fresh counts: records, blobs, blob_bytes, pending_blobs, quarantined_blobs, corrupt_found."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import threading
 import time
+import urllib.request
 
 import botocore.exceptions
 import pytest
@@ -40,6 +42,11 @@ def remove_node(cluster, node_id: str) -> int:
     cmap, secret, map_path = open_cluster(str(cluster.data_dir / "cluster.json"))
     new = cmap.with_changes(nodes=tuple(replace(n, state="removed") if n.id == node_id else n for n in cmap.nodes))
     return _publish(new, secret, map_path)
+
+
+def gateway_epoch(cluster) -> int:
+    with urllib.request.urlopen(f"{cluster.endpoint}/_objstore/health", timeout=5) as r:
+        return int(json.loads(r.read())["epoch"])
 
 
 def check_all(s3, bucket: str, model: dict[str, str]) -> None:
@@ -193,6 +200,11 @@ def test_removing_a_node_of_six_keeps_objects_whole(dev_cluster_factory):
     wait_full_redundancy(cluster, "five", list(model), timeout=30)
     cluster.kill_node("n6")
     assert remove_node(cluster, "n6") == 5
+    # The gateway pulls the map when a node's brief health shows a newer epoch than its own.
+    from objstore.ops import open_cluster
+
+    epoch = open_cluster(str(cluster.data_dir / "cluster.json"))[0].epoch
+    wait_until(lambda: gateway_epoch(cluster) == epoch, timeout=10, what="the gateway on the new map", interval=0.2)
     for i, size in enumerate((10, 300_000, 2_000_000)):  # inline, one stripe, streamed
         data = payload(900 + i, size)
         s3.put_object(Bucket="five", Key=f"after/{i}", Body=data)

@@ -569,6 +569,22 @@ async def test_health_reports_counts(node: Harness) -> None:
     assert (await node.client.stats(node.info))["records"] == 1
 
 
+async def test_a_brief_health_is_the_epoch_and_peers_without_a_disk_or_sql_job(node: Harness,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats (every peer, every second) and gateway polls ask the brief form: it must cost the node no
+    job on its threads."""
+    n = node.app[NODE]
+
+    def no_job(*args: Any) -> Any:
+        raise AssertionError("a brief health ran a job")
+
+    monkeypatch.setattr(n, "run", no_job)
+    monkeypatch.setattr(n, "sql", no_job)
+    assert await node.client.health(node.info, brief=True) == {"id": "n1", "epoch": 1, "peers": {"n1": "up"}}
+    with pytest.raises(NodeError):  # the whole document does need them
+        await node.client.health(node.info)
+
+
 async def test_unsigned_forged_tampered_and_stale_calls_are_refused(node: Harness) -> None:
     base = f"http://{node.info.address}"
     path = "/record?bucket=b&key=k"
