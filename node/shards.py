@@ -96,15 +96,6 @@ def unlink_shard(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def sweep_temp_files(data: Path) -> int:
-    """Remove temp files a crash left behind (they were never committed). Returns how many."""
-    n = 0
-    for path in data.rglob(f"*{TEMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
 class BlobWriter:
     """One shard upload in progress: a temp file beside its final name and the block checksums so far.
 

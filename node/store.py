@@ -20,6 +20,7 @@ import xxhash
 
 from node.shards import (
     CORRUPT_SUFFIX,
+    TEMP_SUFFIX,
     BlobRow,
     BLOB_ID,
     BlobWriter,
@@ -28,7 +29,6 @@ from node.shards import (
     ShardReader,
     check_blob_id,
     is_disk_full,
-    sweep_temp_files,
     unlink_shard,
 )
 from objstore import codec
@@ -175,8 +175,7 @@ class Store:
         self._before: dict[int, dict[tuple[str, str, str], tuple[int, int, int, int]]] = {}  # noted terms
         self._held: set[int] | None = None
         self.corrupt_found = self._counter("corrupt_found")
-        self.swept = self.sweep_temp_files()
-        self.swept_orphans = self.sweep_orphan_shards()
+        self.swept, self.swept_orphans = self.sweep()
 
     def _mark_sql_thread(self) -> None:
         self._local.sql = True
@@ -217,38 +216,40 @@ class Store:
         for db in readers:
             db.close()
 
-    def sweep_temp_files(self) -> int:
-        """Remove temp files a crash left behind (they were never committed)."""
-        return sweep_temp_files(self.data)
+    def sweep(self) -> tuple[int, int]:
+        """Remove what a crash left in the partition directories, in one walk of them; returns how many temp
+        files and how many orphan shard files went. Run before the node serves.
 
-    def sweep_orphan_shards(self) -> int:
-        """Remove the shard files no blob row names; returns how many. Run before the node serves.
-
-        A crash leaves them: a shard file is renamed into place before its row commits (an upload, a
-        shard carried in a record), and a removed shard's row goes before its file. Nothing reads such a
-        file, and nothing else would ever remove it. Only names of shard files (`<blob>.<shard>` in a
-        partition directory) are looked at; quarantined copies stay with their rows. A store with no
-        blob row at all keeps its files: records.db lost or replaced is for an operator to look at,
-        not a reason to empty the disk."""
+        Temp files were never committed. Orphan shard files are those no blob row names: a shard file is
+        renamed into place before its row commits (an upload, a shard carried in a record), and a removed
+        shard's row goes before its file. Nothing reads such a file, and nothing else would ever remove
+        it. Only names of shard files (`<blob>.<shard>`) are looked at; quarantined copies stay with their
+        rows. A store with no blob row at all keeps its shard files: records.db lost or replaced is for an
+        operator to look at, not a reason to empty the disk."""
+        temps = 0
         found: list[tuple[str, str, int]] = []  # (path relative to the store's root, blob, shard)
         with os.scandir(self.data) as pdirs:
             partitions = sorted(d.name for d in pdirs if d.name.isdigit() and d.is_dir(follow_symlinks=False))
         for pdir in partitions:
             with os.scandir(self.data / pdir) as entries:
                 for entry in entries:
+                    if entry.name.endswith(TEMP_SUFFIX):
+                        os.unlink(entry.path)
+                        temps += 1
+                        continue
                     blob, dot, shard = entry.name.rpartition(".")
                     if dot and shard.isdigit() and BLOB_ID.fullmatch(blob) and entry.is_file(follow_symlinks=False):
                         found.append((f"{self.data.name}/{pdir}/{entry.name}", blob, int(shard)))
         if not found:
-            return 0
+            return temps, 0
         named = self._rows_naming(found)
         if named is None:
             log.error("records.db holds no shard rows but %d shard files are on disk: left in place", len(found))
-            return 0
+            return temps, 0
         orphans = [path for (path, _, _), ok in zip(found, named, strict=True) if not ok]
         for path in orphans:
             (self.root / path).unlink(missing_ok=True)
-        return len(orphans)
+        return temps, len(orphans)
 
     @on_sql_thread
     def _rows_naming(self, files: list[tuple[str, str, int]]) -> list[bool] | None:
