@@ -524,6 +524,13 @@ async def test_partition_records_asked_together_go_as_one_request(node: Harness,
     try:
         assert await asyncio.gather(*(other.partition_records(node.info, p) for p in held)) == together
         assert node.info.id in other._one_partition_a_call
+        monkeypatch.setattr(NodeClient, "_coalescer", old)  # the node upgraded
+        posts.clear()
+        assert await other.partition_records(node.info, held[0]) == together[0]
+        assert posts == []  # not asked again before the recheck is due
+        monkeypatch.setattr(objstore.client, "OLD_NODE_RECHECK", 0.0)
+        assert await other.partition_records(node.info, held[0]) == together[0]
+        assert posts == ["/partitions/records"]
     finally:
         await other.close()
 
