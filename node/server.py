@@ -426,17 +426,18 @@ async def get_records(request: web.Request) -> web.Response:
     calls = [(str(b), str(k), None if v is None else str(v)) for b, k, v in await _batch(request)]
     shard_max = int(request.query.get("shard_max", "0"))
 
-    def lookup() -> list[list[ObjectRecord]]:
-        return [node.store.get_record(*call) for call in calls]
+    def lookup() -> list[list[tuple[ObjectRecord, bytes]]]:
+        return [node.store.get_record_packed(*call) for call in calls]
 
-    found = await node.sql(lookup)
+    found = await node.sql(lookup)  # each record beside its stored bytes, which the answer carries
     if shard_max <= 0:
-        return _packed([_answer([r.pack() for r in recs]) for recs in found])
-    if any(_blob_part(r) is not None for recs in found for r in recs):
-        shards = await node.run(_small_shards, node, found, shard_max)
+        return _packed([_answer([packed for _, packed in recs]) for recs in found])
+    records = [[rec for rec, _ in recs] for recs in found]
+    if any(_blob_part(r) is not None for recs in records for r in recs):
+        shards = await node.run(_small_shards, node, records, shard_max)
     else:  # small objects (shards inline), delete markers, nothing found: no disk job
-        shards = [[None] * len(recs) for recs in found]
-    return _packed([_answer({"records": [r.pack() for r in recs], "shards": data})
+        shards = [[None] * len(recs) for recs in records]
+    return _packed([_answer({"records": [packed for _, packed in recs], "shards": data})
                     for recs, data in zip(found, shards, strict=True)])
 
 

@@ -638,10 +638,14 @@ class Store:
 
     def _readable(self, rows: list[tuple[Any, ...]]) -> list[ObjectRecord]:
         """Unpack stored records; one that no longer reads back is skipped and counted once (repair rewrites it)."""
+        return [rec for rec, _ in self._readable_packed(rows)]
+
+    def _readable_packed(self, rows: list[tuple[Any, ...]]) -> list[tuple[ObjectRecord, bytes]]:
+        """`_readable`, each record beside its bytes as stored (what `ObjectRecord.pack` made of it)."""
         out = []
         for bucket, key, version, shard, packed in rows:
             try:
-                out.append(ObjectRecord.unpack(packed))
+                out.append((ObjectRecord.unpack(packed), packed))
             except RecordError:
                 if (bucket, key, version, shard) not in self._unreadable:
                     self._unreadable.add((bucket, key, version, shard))
@@ -651,12 +655,17 @@ class Store:
     @on_sql_thread
     def get_record(self, bucket: str, key: str, version: str | None = None) -> list[ObjectRecord]:
         """The records (one per shard held) of the newest version of a key, or of the given version."""
+        return [rec for rec, _ in self.get_record_packed(bucket, key, version)]
+
+    @on_sql_thread
+    def get_record_packed(self, bucket: str, key: str, version: str | None = None) -> list[tuple[ObjectRecord, bytes]]:
+        """`get_record`, each record beside its stored bytes: an RPC answers with those, not packed again."""
         if version is None:  # one statement: the newest version's rows
-            return self._readable(self._db.execute(
+            return self._readable_packed(self._db.execute(
                 "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=?1 AND key=?2 AND "
                 "version=(SELECT max(version) FROM objects WHERE bucket=?1 AND key=?2) ORDER BY shard",
                 (bucket, key)).fetchall())
-        return self._readable(self._db.execute(
+        return self._readable_packed(self._db.execute(
             "SELECT bucket, key, version, shard, record FROM objects WHERE bucket=? AND key=? AND version=? "
             "ORDER BY shard", (bucket, key, version)).fetchall())
 

@@ -34,10 +34,17 @@ class ProcessMetrics:
                                   "Time from a request's arrival to the end of its answer, by operation.",
                                   ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._before_scrape: list[Callable[[], Awaitable[None]]] = []
+        # (operation, status) -> its request counter and duration histogram: `labels()` resolves them under a
+        # lock each time, a cost of every request (operations and statuses are few and fixed)
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, operation: str, status: int, seconds: float) -> None:
-        self.requests.labels(operation, str(status)).inc()
-        self.duration.labels(operation).observe(seconds)
+        series = self._series.get((operation, status))
+        if series is None:
+            series = self._series[(operation, status)] = (self.requests.labels(operation, str(status)),
+                                                          self.duration.labels(operation))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def register(self, collector: Collector) -> None:
         """Add a collector whose values are read at scrape time."""
