@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
@@ -80,12 +81,16 @@ class GatewayMetrics(ProcessMetrics):
                                registry=self.registry)
         self.register(ViewCollector(view))
         self.window = SecondWindow()
+        self._bytes: dict[str, tuple[Any, Any]] = {}  # operation -> its received and sent counters (as _series)
 
     def record(self, operation: str, status: int, seconds: float, bytes_in: int, bytes_out: int,
                s3: bool) -> None:
         self.observe(operation, status, seconds)
-        self.received.labels(operation).inc(bytes_in)
-        self.sent.labels(operation).inc(bytes_out)
+        counters = self._bytes.get(operation)
+        if counters is None:
+            counters = self._bytes[operation] = (self.received.labels(operation), self.sent.labels(operation))
+        counters[0].inc(bytes_in)
+        counters[1].inc(bytes_out)
         if s3:  # the dashboard's own polls would otherwise show up as client traffic
             self.window.add(seconds, bytes_in, bytes_out, error=status >= 500)
 
