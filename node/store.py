@@ -137,6 +137,12 @@ def _object_row(rec: ObjectRecord, partition: int) -> tuple[Any, ...]:
             rec.created, rec.pack())
 
 
+def _blob_values(row: BlobRow) -> tuple[Any, ...]:
+    """A BlobRow as the values of a row of the blobs table (`_blob_row` reads one back)."""
+    return (row.blob, row.shard, row.partition, row.path, row.size, row.block_size, msgpack.packb(row.checksums),
+            row.state, row.created)
+
+
 def _blob_row(r: tuple[Any, ...]) -> BlobRow:
     return BlobRow(r[0], r[1], r[2], r[3], r[4], r[5], list(msgpack.unpackb(r[6])), r[7], r[8])
 
@@ -293,9 +299,7 @@ class Store:
                             (row.blob, row.shard)).fetchone():
             row.state = "committed"
         self._blob_changing(row.blob, row.shard)  # a record's shard may be back, or moved
-        self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
-                         (row.blob, row.shard, row.partition, row.path, row.size, row.block_size,
-                          msgpack.packb(row.checksums), row.state, row.created))
+        self._db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)", _blob_values(row))
         return row
 
     @on_sql_thread
@@ -582,9 +586,7 @@ class Store:
         partition = partition_of(rec.bucket, rec.key, self.partition_bits)
         for row in carried:
             row.state = "committed"
-            db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)",
-                       (row.blob, row.shard, row.partition, row.path, row.size, row.block_size,
-                        msgpack.packb(row.checksums), row.state, row.created))
+            db.execute("INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?,?,?)", _blob_values(row))
         db.execute("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)", _object_row(rec, partition))
         for row in carried:
             db.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?,?,?,?)",
