@@ -394,7 +394,7 @@ def test_a_shard_file_carried_in_again_counts_for_every_record_that_names_it(
 def test_a_new_record_and_the_shard_file_it_carries_take_a_few_statements(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """The common write of a one-stripe object: its shard file is new and the version is new here, so
-    its rows go in without the checks of a rewrite (a dozen statements a record, measured 2.6x the
+    its rows go in without the checks of a rewrite (a dozen statements a record, measured 2.7x the
     SQLite time). Sent again, it takes the full way and changes nothing."""
     monkeypatch.setattr(node.store, "INLINE_MAX_SHARD", BS)
     store.put_record(record("a", "v0", 0, "inline"))
